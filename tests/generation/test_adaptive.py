@@ -390,7 +390,7 @@ async def test_tenants_take_turns_and_each_keeps_its_own_order() -> None:
 
 async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> None:
     declared = DeclaredLimits.of(unreached_provider(tokens_per_minute=6000, rate_burst=0.5))
-    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
         assert (await limits.admit("p:p", "a", 3000, 10)).wait == 0
@@ -404,7 +404,7 @@ async def test_tokens_are_corrected_in_redis_too(redis_server: RedisProcess) -> 
 
 async def test_a_debt_in_redis_outlives_the_buckets_usual_ttl(redis_server: RedisProcess) -> None:
     declared = DeclaredLimits.of(unreached_provider(tokens_per_minute=6000, rate_burst=0.5))
-    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
         limits = RedisLimits(redis, declared, key_prefix="debt")
         # 6000 on a bucket of 3000 refilled 50 a second: 3000 owed, full again in 120 s.

@@ -102,19 +102,22 @@ async def test_a_shorter_retry_after_never_shortens_a_running_pause(
     redis_server: RedisProcess,
 ) -> None:
     declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000))
-    redis = connect(redis_server.url, cluster=False, socket_timeout=1, connect_timeout=1)
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
         limits = RedisLimits(redis, declared, key_prefix="t")
         assert (await limits.admit("p:p", "a", 1, 10)).wait == 0
-        await limits.pause("p:p", 5)
+        # Pauses of 30 s and 40 s, each checked with 5 s to spare: with 5 s and 8 s checked
+        # against 4 s and 7 s, a loaded machine slow by a second between a pause and its
+        # check failed it.
+        await limits.pause("p:p", 30)
         await limits.pause("p:p", 0.1)  # e.g. another replica's 429 asked for less
         await asyncio.sleep(0.2)
-        assert (await limits.admit("p:p", "b", 1, 10)).wait > 4
-        await limits.pause("p:p", 8)  # a longer one extends it
-        assert (await limits.admit("p:p", "b", 1, 10)).wait > 7
+        assert (await limits.admit("p:p", "b", 1, 10)).wait > 25
+        await limits.pause("p:p", 40)  # a longer one extends it
+        assert (await limits.admit("p:p", "b", 1, 10)).wait > 35
         # The key goes when the pause ends; another scope was never paused. The end is
-        # rounded up to a whole millisecond of the Redis clock, so the TTL can be 8001.
-        assert 7000 < await redis.pttl("t:limits:{p:p}:pause") <= 8001
+        # rounded up to a whole millisecond of the Redis clock, so the TTL can be 40001.
+        assert 35000 < await redis.pttl("t:limits:{p:p}:pause") <= 40001
         assert (await limits.admit("p:q", "c", 1, 10)).wait == 0
     finally:
         await redis.aclose()
@@ -136,7 +139,7 @@ async def test_the_shared_pause_works_on_a_redis_cluster(tmp_path: Path) -> None
     declared = DeclaredLimits.of(unreached_provider(requests_per_minute=6000, max_in_flight=4))
     try:
         await cluster.start()
-        redis = connect(cluster.url, cluster=True, socket_timeout=1, connect_timeout=1)
+        redis = connect(cluster.url, cluster=True, socket_timeout=5, connect_timeout=5)
         try:
             limits = RedisLimits(redis, declared, key_prefix="gensearch")
             assert (await limits.admit("p:fake", "a", 1, 10)).wait == 0
