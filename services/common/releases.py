@@ -46,7 +46,11 @@ class Releases:
         task.add_done_callback(self._pending.discard)
         return task
 
-    async def run(self, release: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def run(
+        self,
+        release: Callable[[], Coroutine[Any, Any, None]],
+        again: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
         """Runs ``release()`` to its end, whatever cancels the caller meanwhile: the caller
         is cancelled at once, the release goes on (and ``settle`` awaits it).
 
@@ -55,7 +59,9 @@ class Releases:
         cancel, at the end of the grace period, lands) starts it as a shielded task at
         once. A cancel that interrupts it in the caller starts it again in such a task, so
         ``release`` must be safe to run twice (a ZREM of the call's member, the provider's
-        release without refund): the first may have reached Redis."""
+        release without refund): the first may have reached Redis. ``again``, when given,
+        is what is sent then instead (a provider's release without the refund the first
+        may have given back already)."""
         caller = asyncio.current_task()
         cancels = caller.cancelling() if caller is not None else 0
         if cancels:
@@ -64,7 +70,7 @@ class Releases:
         try:
             await release()
         except asyncio.CancelledError:
-            self._start(release())
+            self._start((again or release)())
             raise
         if caller is not None and caller.cancelling() > cancels:
             # A cancel the release swallowed (Python 3.11 loses one landing as a Redis

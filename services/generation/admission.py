@@ -389,7 +389,17 @@ class ProviderLimiter:
         self._released.set()
         self._wake_head()  # its tenant's next call may be the head again, under its share
         if self._shared is not None:
-            await self._shared.release(self.scope, permit.call_id, self._refund(permit, tokens))
+            # Run by the shared limits' releases, as ``_forget_shared``: a call cancelled
+            # (its client gone, the shutdown's cut) releases in a task the registry's close
+            # awaits before closing Redis. As a bare shielded task the close never knew of
+            # it, closed the client under it, and the slot stayed taken until its lease
+            # ended. Sent again after a cancel, without the refund: the first may have
+            # given it back already, and tokens never taken would let calls past the limit.
+            release = functools.partial(self._shared.release, self.scope, permit.call_id)
+            await self._shared.releases.run(
+                functools.partial(release, self._refund(permit, tokens)),
+                again=functools.partial(release, 0.0),
+            )
 
     def _refund(self, permit: Permit, tokens: float | None) -> float:
         """What goes back to the tokens bucket when a call ends (negative: what it owes).

@@ -111,3 +111,20 @@ async def test_a_cancel_the_release_swallows_still_cancels_its_caller() -> None:
     with pytest.raises(asyncio.CancelledError):
         await caller
     await releases.settle(0)
+
+
+async def test_a_release_a_cancel_interrupts_is_sent_again_as_again_says() -> None:
+    """A provider's release gives tokens back: sent twice (the first may have reached
+    Redis before the cancel), it would give them back twice. ``again`` is what goes out
+    the second time (the release without the refund)."""
+    releases, first, second = Releases(), _Release(), _Release()
+    caller = asyncio.create_task(releases.run(first, again=second))
+    await asyncio.wait_for(first.started.wait(), 20)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(second.started.wait(), 20)
+    second.let_go.set()
+    await releases.settle(30)
+    assert (len(first.ran_in), first.ended) == (1, 0)  # cut by the cancel, never again
+    assert (len(second.ran_in), second.ended) == (1, 1)

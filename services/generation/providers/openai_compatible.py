@@ -293,8 +293,10 @@ class OpenAICompatibleProvider(Provider):
                             continue
                         raise
                     except BaseException:
-                        # Cancelled (the caller left, or its budget ran out) mid-call.
-                        await asyncio.shield(permit.release(outcome="failed"))
+                        # Cancelled (the caller left, or its budget ran out) mid-call. The
+                        # release goes on apart from a cancelled call, tracked so that the
+                        # close awaits it (admission.py's ``_release``): no bare shield.
+                        await permit.release(outcome="failed")
                         raise
                 except UpstreamFault as fault:
                     raise self._fail(fault, request, span, turns) from None
@@ -396,7 +398,8 @@ class OpenAICompatibleProvider(Provider):
                         raise
                     except BaseException:
                         # Our caller went away (or the deadline cancelled us) mid-answer.
-                        await asyncio.shield(permit.release(outcome="failed"))
+                        # Tracked apart from a cancelled call (admission.py's ``_release``).
+                        await permit.release(outcome="failed")
                         raise
                 except UpstreamFault as fault:
                     raise self._fail(fault, request, span, turns) from None

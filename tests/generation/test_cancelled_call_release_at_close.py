@@ -1,0 +1,91 @@
+"""The in-flight slot of a generation call cancelled while its LLM request runs (the
+client gave up, or the shutdown's cut) is freed in Redis before the service closes its
+Redis client at stop. Its release went out as a bare ``asyncio.shield`` task the close
+never heard of (only an admission cut short used the tracked releases), so the close
+closed the client under it and the slot stayed taken, for every replica, until its lease
+ended: the path test_releases_at_close.py covers for the admission, here for the call.
+
+A relay in front of the real Redis holds the release until the stop is settling; a stop
+that never waits for it ends with the release still held."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import types
+from typing import Any
+
+import grpc
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from services.common.quotas import lua_script
+from services.common.redis_client import connect
+from services.devlaunch.redis_server import RedisProcess
+from services.generation.rate_buckets import DeclaredLimits, RedisLimits, scope_of
+from services.generation.settings import ProviderConfig
+from tests.generation.conftest import StartService, fake_provider, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.redis_relay import relaying
+from tests.support.waiting import until
+
+
+def _sha(name: str) -> bytes:
+    return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
+
+
+def _awaiting(task: asyncio.Task[Any], qualname: str) -> bool:
+    """Whether ``task`` is suspended inside a coroutine named ``qualname``."""
+    awaited: Any = task.get_coro()
+    while isinstance(awaited, types.CoroutineType):
+        if awaited.__qualname__ == qualname:
+            return True
+        awaited = awaited.cr_await
+    return False
+
+
+async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
+    fake: FakeOpenAI, start_service: StartService, redis_server: RedisProcess
+) -> None:
+    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
+    await direct.script_load(lua_script("provider_admit"))
+    await direct.script_load(lua_script("provider_release"))
+    config = ProviderConfig(
+        name="fake", base_url=fake.base_url, default_model="fake-model", max_in_flight=1
+    )
+    _, _, flight_key, _ = RedisLimits(
+        direct, DeclaredLimits.of(config), key_prefix="gensearch"
+    ).keys(scope_of("fake", None))
+    releasing, let_release = asyncio.Event(), asyncio.Event()
+
+    async def before(args: list[bytes]) -> None:
+        if args[:2] == [b"EVALSHA", _sha("provider_release")]:
+            releasing.set()
+            await let_release.wait()
+
+    try:
+        async with relaying(redis_server.url, before) as url:
+            service = await start_service([fake_provider(fake, max_in_flight=1)], redis_url=url)
+            fake.enqueue(Behaviour.hang())
+            call = service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=60)
+            await fake.wait_for_requests(1, timeout=30)
+            assert await direct.zcard(flight_key) == 1  # the call holds its slot
+            call.cancel()  # the client gives up: its release goes out, held
+            await asyncio.wait_for(releasing.wait(), 30)
+            stopping = asyncio.create_task(service.server.stop(0))
+
+            async def settling_or_ended() -> bool:
+                return stopping.done() or _awaiting(stopping, "Releases.settle")
+
+            await until(settling_or_ended, "settled the releases or ended the stop", 30)
+            # Let the release go only while the stop waits for it: a stop that closed the
+            # Redis client without waiting has ended already, its release still held.
+            if not stopping.done():
+                let_release.set()
+            await asyncio.wait_for(stopping, 30)
+            taken = await direct.zcard(flight_key)
+            let_release.set()
+            assert taken == 0, "the stop ended with the cancelled call's slot still taken"
+            assert call.cancelled() or call.code() == grpc.StatusCode.CANCELLED
+    finally:
+        let_release.set()
+        await direct.aclose()
