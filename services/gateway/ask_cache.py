@@ -57,6 +57,8 @@ log = logging.getLogger("gensearch.gateway.ask")
 
 MIN_SIMILARITY = 0.5
 # Fields of an Ask that do not change its answer, or are the question itself.
+# A server's refusal of a request over its MAX_REQUEST_BYTES (services/common/request_size.py).
+_REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
 _PER_CALL = ("llm_question", "timeout", "debug", "semantic_cache")
 
 
@@ -222,9 +224,12 @@ class SemanticAnswers:
 
 def _refused_entry(err: ServiceError) -> bool:
     """Whether retrieval refused this entry for its size (larger than an entry or the
-    tenant's whole cache may be: INVALID_ARGUMENT naming ``answer``) rather than failed to
-    store it. A collection's cache full (COLLECTION_FULL) stays a WARNING: the operator's
-    bound is reached."""
+    tenant's whole cache may be: INVALID_ARGUMENT naming ``answer``; larger than a request
+    it takes: RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE, refused before the answer's own bound
+    is read) rather than failed to store it. A collection's cache full (COLLECTION_FULL)
+    stays a WARNING: the operator's bound is reached."""
+    if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return err.reason == _REQUEST_TOO_LARGE
     return err.code == grpc.StatusCode.INVALID_ARGUMENT and err.field == "answer"
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,7 +22,14 @@ from prometheus_client import REGISTRY
 
 from services.gateway import ask_cache
 from services.gateway.clients import RetrievalClient
-from tests.gateway.conftest import BOOKS, Stack, StackFactory, create_books, vector
+from tests.gateway.conftest import (
+    BOOKS,
+    OWN_CONNECTIONS,
+    Stack,
+    StackFactory,
+    create_books,
+    vector,
+)
 from tests.gateway.test_rerank_and_chunks import CHUNKS, create_docs, zebra_ask
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import error_info
@@ -576,3 +584,30 @@ async def test_an_answer_too_large_for_the_cache_is_refused_not_failed(
     said = [r for r in caplog.records if "semantic cache store" in r.getMessage()]
     assert [r.levelname for r in said] == ["INFO"]
     assert not (await asked(stack, question, metadata=ALICE)).cached  # nothing was kept
+
+
+async def test_an_entry_larger_than_retrieval_takes_a_request_is_refused_not_failed(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same writer's large object, past retrieval's MAX_REQUEST_BYTES (4 MiB) this time,
+    asked by a client that takes replies that large: the store request is refused by
+    retrieval's request bound (RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE) before its answer's
+    own bound is read. The entry's size all the same: counted ``refused`` at INFO. Before,
+    ``failed`` with a WARNING on every such Ask."""
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    big = {"title": "Dune", "body": "desert " * 700_000, "year": 1965, "tags": ["sf"]}
+    await create_books(stack, books=[big], metadata=ALICE)
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{stack.gateway.port}",
+        options=[*OWN_CONNECTIONS, ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    stack.channels.append(channel)
+    large_replies = gw_grpc.GatewayServiceStub(channel)  # type: ignore[no-untyped-call]
+    failed, refused = stores("failed"), stores("refused")
+    with caplog.at_level("INFO", logger="gensearch.gateway"):
+        answered = await large_replies.Ask(ask(Q1, context_field_list=["title"]), metadata=ALICE)
+        await stack.ask.idle()
+    assert answered.answer and len(answered.hits[0].properties["body"]) > 4 * 1024 * 1024
+    assert stores("failed") == failed and stores("refused") == refused + 1
+    said = [r for r in caplog.records if "semantic cache store" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"]
