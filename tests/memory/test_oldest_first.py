@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
-from tests.memory.conftest import ALICE, BOB, Memory
+from tests.memory.conftest import ALICE, BOB, Memory, MemoryFactory
 from tests.memory.helpers import conversation_with_turns, expect_error
 from tests.support.rpc import bad_request_field, error_info, whole_answer
 
@@ -184,3 +184,42 @@ async def test_another_users_conversation_is_not_found_in_either_order(memory: M
         assert answers[0] == answers[1]
     # Alice's own turns after the same position are there.
     assert await _pages(memory, cid, 10, oldest_first=True, after=ids[0]) == [["t1", "t2"]]
+
+
+async def test_pages_cut_by_the_byte_budget_go_on_in_either_order(
+    memory_factory: MemoryFactory,
+) -> None:
+    """Pages stop at max_page_bytes (lua/list_interactions.lua: the cursor is then the last
+    turn returned) and the next goes on right after it, oldest first and newest first, with
+    and without a position: every turn once, in order. A guard: it held on main."""
+    memory = await memory_factory(max_page_bytes=64 * 1024)
+    cid, ids = await conversation_with_turns(memory.stub, "t", 2, ALICE)
+    for n in range(12):  # ~18 KB each: three to a page at most
+        request = pb.CreateInteractionRequest(
+            conversation_id=cid, input=f"b{n} " + "q" * 9000, response="a" * 9000
+        )
+        made = await memory.stub.CreateInteraction(request, metadata=ALICE)
+        ids.append(made.interaction.interaction_id)
+    for oldest_first in (True, False):
+        for after in ("", ids[0], ids[1]):
+            listed: list[str] = []
+            token, pages = "", 0
+            while True:
+                page = await memory.stub.ListInteractions(
+                    pb.ListInteractionsRequest(
+                        conversation_id=cid,
+                        page_size=100,
+                        page_token=token,
+                        oldest_first=oldest_first,
+                        after_interaction_id=after,
+                    ),
+                    metadata=ALICE,
+                )
+                listed += [i.interaction_id for i in page.interactions]
+                pages += 1
+                token = page.next_page_token
+                if not token:
+                    break
+            expected = ids[ids.index(after) + 1 :] if after else ids
+            assert listed == (expected if oldest_first else expected[::-1]), (oldest_first, after)
+            assert pages >= 4  # the budget cut them
