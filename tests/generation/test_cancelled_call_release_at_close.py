@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import types
-from typing import Any
+import logging
 
 import grpc
+import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
 from services.common.quotas import lua_script
@@ -33,19 +33,24 @@ def _sha(name: str) -> bytes:
     return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
 
 
-def _awaiting(task: asyncio.Task[Any], qualname: str) -> bool:
-    """Whether ``task`` is suspended inside a coroutine named ``qualname``."""
-    awaited: Any = task.get_coro()
-    while isinstance(awaited, types.CoroutineType):
-        if awaited.__qualname__ == qualname:
-            return True
-        awaited = awaited.cr_await
-    return False
+SETTLING = "waiting for releases of Redis slots before closing"
+
+
+def _settling(caplog: pytest.LogCaptureFixture) -> bool:
+    """Whether a close has begun its wait for the releases still on their way (the line
+    is logged just before that wait: services/common/releases.py)."""
+    return any(
+        r.name == "gensearch.releases" and r.getMessage() == SETTLING for r in caplog.records
+    )
 
 
 async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
-    fake: FakeOpenAI, start_service: StartService, redis_server: RedisProcess
+    fake: FakeOpenAI,
+    start_service: StartService,
+    redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gensearch.releases")
     direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     await direct.script_load(lua_script("provider_admit"))
     await direct.script_load(lua_script("provider_release"))
@@ -74,7 +79,7 @@ async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
             stopping = asyncio.create_task(service.server.stop(0))
 
             async def settling_or_ended() -> bool:
-                return stopping.done() or _awaiting(stopping, "Releases.settle")
+                return stopping.done() or _settling(caplog)
 
             await until(settling_or_ended, "settled the releases or ended the stop", 30)
             # Let the release go only while the stop waits for it: a stop that closed the
