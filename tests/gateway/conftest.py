@@ -38,6 +38,7 @@ from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.settings import RetrievalSettings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_cluster import LocalCluster
+from tests.support.redis_patience import redis_timeouts
 
 TOKEN = "gateway-test-internal-token"
 KEYS = "alice:key-alice-123,bob:key-bob-456"
@@ -147,7 +148,9 @@ async def stack_factory(
     """``await stack_factory(**gateway_settings)``; ``generation=False`` leaves the
     generation address pointing at a port where nothing listens; ``shared`` settings go to
     all four services, ``generation_settings`` to generation only, ``memory`` settings to
-    memory alone, ``extra_providers`` beside the fake one."""
+    memory alone, ``extra_providers`` beside the fake one. The gateway and generation give
+    Redis ``PATIENT_REDIS``'s timeouts (they fail open on a late reply);
+    ``production_redis_timeouts=True`` keeps their defaults, for a Redis outage test."""
     stacks: list[Stack] = []
 
     async def start(
@@ -158,10 +161,13 @@ async def stack_factory(
         extra_providers: list[dict[str, Any]] | None = None,
         generation_settings: dict[str, Any] | None = None,
         memory: dict[str, Any] | None = None,
+        production_redis_timeouts: bool = False,
         **overrides: Any,
     ) -> Stack:
         servers: dict[str, GrpcServer] = {}
         common: dict[str, Any] = {"internal_token": TOKEN, "grace_period": 0.5, **(shared or {})}
+        # Memory keeps its own defaults (2 s): a Redis timeout there is UNAVAILABLE, not silent.
+        patience = redis_timeouts(production=production_redis_timeouts)
         memory_settings = MemorySettings(
             **{
                 "redis_url": shared_redis.url,
@@ -185,8 +191,12 @@ async def stack_factory(
                     providers=[provider or fake_provider(fake), *(extra_providers or [])],
                     default_provider=(provider or {}).get("name", "fake"),
                     metrics_port=None,
-                    **{"retry_max_attempts": 1, **(generation_settings or {})},
-                    **common,
+                    **{
+                        "retry_max_attempts": 1,
+                        **patience,
+                        **common,
+                        **(generation_settings or {}),
+                    },
                 ),
                 port=0,
             )
@@ -199,6 +209,7 @@ async def stack_factory(
             "metrics_port": None,
             "api_keys": KEYS,
             "collection_cache_ttl": 0,
+            **patience,
             **common,
             **overrides,
         }

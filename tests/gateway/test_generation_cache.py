@@ -68,14 +68,12 @@ def prefix() -> str:
 @pytest.fixture
 async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
     # The gateway keeps collections for a minute (the default is 2 s; the stack's 0): a
-    # deleted and recreated collection must still start cold. Redis gets 5 s to answer
-    # (the default is 0.5 s): the cache fails open, so a reply late on a loaded machine
-    # was a miss, or an answer not stored, and the LLM calls counted one more.
+    # deleted and recreated collection must still start cold. (Redis gets the stack's
+    # PATIENT_REDIS timeouts: the cache fails open, and a reply late on a loaded machine
+    # was a miss, or an answer not stored, and the LLM calls counted one more.)
     return await stack_factory(
         shared={"api_keys": KEYS},
         redis_url=shared_redis.url,
-        redis_socket_timeout=5,
-        redis_connect_timeout=5,
         quota_key_prefix=prefix,
         collection_cache_ttl=60,
     )
@@ -546,6 +544,8 @@ async def test_a_redis_that_does_not_answer_never_makes_a_call_late(
         stack = await stack_factory(
             shared={"api_keys": KEYS},
             redis_url=f"redis://127.0.0.1:{port}",
+            # The services' own 0.5 s socket timeout, as this was found with.
+            production_redis_timeouts=True,
             quota_concurrent_calls=0,
             quota_llm_calls_per_minute=0,
         )

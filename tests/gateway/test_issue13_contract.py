@@ -41,6 +41,7 @@ from tests.gateway.conftest import (
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.redis_patience import PATIENT_REDIS
 from tests.support.rpc import error_info
 
 BACKUP = [gen_pb.ModelChoice(provider="fake", model="backup")]
@@ -320,6 +321,7 @@ async def _limited_replica(
             grace_period=0.5,
             redis_url=redis_url,
             limits_key_prefix=prefix,
+            **PATIENT_REDIS,  # shared limits fail open on a late Redis reply
         ),
         port=0,
     )

@@ -57,13 +57,10 @@ async def replicas_factory(stack_factory: StackFactory, shared_redis: RedisProce
     made: list[Replicas] = []
 
     async def make(books: list[dict[str, Any]] | None = None, **quotas: Any) -> Replicas:
-        # Redis gets 5 s to answer (the default is 0.5 s): quotas fail open, so a reply
-        # late on a loaded machine let through a call a test expects refused.
-        timeouts = {"redis_socket_timeout": 5, "redis_connect_timeout": 5}
+        # Redis gets the stack's PATIENT_REDIS timeouts: quotas fail open, so a reply late
+        # on a loaded machine let through a call a test expects refused.
         stack = await stack_factory(
-            redis_url=shared_redis.url,
-            quota_key_prefix=f"q-{uuid.uuid4().hex[:8]}",
-            **{**timeouts, **quotas},
+            redis_url=shared_redis.url, quota_key_prefix=f"q-{uuid.uuid4().hex[:8]}", **quotas
         )
         # alice and bob are each alone in a tenant of their own: each gets the collection.
         await create_books(stack, books=books)

@@ -19,6 +19,7 @@ from services.devlaunch import llm_server as local_llm
 from services.generation.__main__ import build_server
 from services.generation.settings import GenerationSettings, ProviderConfig
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_patience import redis_timeouts
 
 FAKE_KEY_ENV = "GENSEARCH_TEST_FAKE_KEY"
 
@@ -48,7 +49,11 @@ def unreached_provider(name: str = "p", **fields: Any) -> ProviderConfig:
     return ProviderConfig(name=name, base_url="http://127.0.0.1:9/v1", default_model="m", **fields)
 
 
-def make_settings(providers: list[dict[str, Any]], **overrides: Any) -> GenerationSettings:
+def make_settings(
+    providers: list[dict[str, Any]], *, production_redis_timeouts: bool = False, **overrides: Any
+) -> GenerationSettings:
+    """Settings for a test's service; Redis gets ``PATIENT_REDIS``'s timeouts (shared limits
+    fail open on a late reply) unless ``production_redis_timeouts`` (a Redis outage test)."""
     values: dict[str, Any] = {
         "providers": providers,
         "default_provider": "fake",
@@ -56,6 +61,7 @@ def make_settings(providers: list[dict[str, Any]], **overrides: Any) -> Generati
         # Fast backoff keeps retry tests quick; Retry-After is still honoured as sent.
         "retry_base_backoff": 0.01,
         "retry_max_backoff": 0.05,
+        **redis_timeouts(production=production_redis_timeouts),
         **overrides,
     }
     return GenerationSettings(**values)
