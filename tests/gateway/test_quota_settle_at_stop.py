@@ -25,18 +25,9 @@ from tests.gateway.conftest import ALICE, StackFactory
 from tests.support.fake_openai import Behaviour
 from tests.support.redis_relay import relaying
 from tests.support.rpc import failure_of
-from tests.support.waiting import until
+from tests.support.settling import slots_left_after_settling
 
 GRACE = 1.0
-SETTLING = "waiting for releases of Redis slots before closing"
-
-
-def _settling(caplog: pytest.LogCaptureFixture) -> bool:
-    """Whether a close has begun its wait for the releases still on their way (the line
-    is logged just before that wait, which lasts until they end or its bound)."""
-    return any(
-        r.name == "gensearch.releases" and r.getMessage() == SETTLING for r in caplog.records
-    )
 
 
 async def test_a_stopping_gateway_frees_the_slot_whose_release_is_on_its_way(
@@ -72,18 +63,7 @@ async def test_a_stopping_gateway_frees_the_slot_whose_release_is_on_its_way(
             stopping = asyncio.create_task(stack.gateway.stop(GRACE))
             await failure_of(call)  # the stop cut it: its release goes out, held
             await asyncio.wait_for(releasing.wait(), 30)
-
-            async def settling_or_ended() -> bool:
-                return stopping.done() or _settling(caplog)
-
-            await until(settling_or_ended, "settled the releases or ended the stop", 30)
-            # Let the release go only while the stop waits for it: a stop that closed the
-            # Redis client without settling has ended already, its release still held.
-            if not stopping.done():
-                let_release.set()
-            await asyncio.wait_for(stopping, 30)
-            taken = await slots_taken()
-            let_release.set()
+            taken = await slots_left_after_settling(stopping, caplog, let_release, slots_taken)
             assert taken == 0, "the stop ended with the cut call's slot still taken"
     finally:
         let_release.set()

@@ -26,22 +26,11 @@ from services.generation.settings import ProviderConfig
 from tests.generation.conftest import StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.redis_relay import relaying
-from tests.support.waiting import until
+from tests.support.settling import slots_left_after_settling
 
 
 def _sha(name: str) -> bytes:
     return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
-
-
-SETTLING = "waiting for releases of Redis slots before closing"
-
-
-def _settling(caplog: pytest.LogCaptureFixture) -> bool:
-    """Whether a close has begun its wait for the releases still on their way (the line
-    is logged just before that wait: services/common/releases.py)."""
-    return any(
-        r.name == "gensearch.releases" and r.getMessage() == SETTLING for r in caplog.records
-    )
 
 
 async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
@@ -77,18 +66,9 @@ async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
             call.cancel()  # the client gives up: its release goes out, held
             await asyncio.wait_for(releasing.wait(), 30)
             stopping = asyncio.create_task(service.server.stop(0))
-
-            async def settling_or_ended() -> bool:
-                return stopping.done() or _settling(caplog)
-
-            await until(settling_or_ended, "settled the releases or ended the stop", 30)
-            # Let the release go only while the stop waits for it: a stop that closed the
-            # Redis client without waiting has ended already, its release still held.
-            if not stopping.done():
-                let_release.set()
-            await asyncio.wait_for(stopping, 30)
-            taken = await direct.zcard(flight_key)
-            let_release.set()
+            taken = await slots_left_after_settling(
+                stopping, caplog, let_release, lambda: direct.zcard(flight_key)
+            )
             assert taken == 0, "the stop ended with the cancelled call's slot still taken"
             assert call.cancelled() or call.code() == grpc.StatusCode.CANCELLED
     finally:
