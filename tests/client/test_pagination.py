@@ -10,9 +10,11 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
-from gensearch.client import AsyncGensearch
+from gensearch.client import AsyncGensearch, Gensearch, errors
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 
 from tests.cli.conftest import RunningStack, SharedList
+from tests.support.relay import Relay, serving
 
 _names = itertools.count()
 
@@ -65,3 +67,83 @@ async def test_conversation_helpers_read_on_past_empty_pages(shared_list: Shared
         assert [c.id for c in await conversations.list(page_size=1)] == mine
         assert [c.id for c in await conversations.list(limit=1, page_size=1)] == mine
         assert [c.id async for c in conversations.iter(page_size=1)] == mine
+
+
+async def test_interactions_from_the_start_and_after_a_position(client: AsyncGensearch) -> None:
+    """``iter_interactions`` pages oldest first in memory's own order, and both helpers
+    take ``after_interaction_id`` (a position: the turn may be gone). ``limit`` with
+    ``oldest_first`` keeps its meaning: the most recent turns, oldest of them first."""
+    conversations = client.conversations
+    conversation = await conversations.create("read from the start")
+    ids = [
+        (await conversations.add_interaction(conversation.id, f"q{n}", f"a{n}")).id
+        for n in range(5)
+    ]
+
+    async def inputs(after: str = "", page_size: int = 100) -> list[str]:
+        turns = conversations.iter_interactions(
+            conversation.id, after_interaction_id=after, page_size=page_size
+        )
+        return [turn.input async for turn in turns]
+
+    assert await inputs(page_size=2) == ["q0", "q1", "q2", "q3", "q4"]
+    assert await inputs(after=ids[1], page_size=2) == ["q2", "q3", "q4"]
+    newer = await conversations.interactions(conversation.id, after_interaction_id=ids[2])
+    assert [turn.input for turn in newer] == ["q4", "q3"]
+    recent = await conversations.interactions(
+        conversation.id, limit=2, oldest_first=True, after_interaction_id=ids[0]
+    )
+    assert [turn.input for turn in recent] == ["q3", "q4"]
+
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        await inputs(after="not-an-id")
+    assert caught.value.field == "after_interaction_id"
+
+    await conversations.delete_interaction(ids[1])
+    assert await inputs(after=ids[1]) == ["q2", "q3", "q4"]
+    assert await inputs(page_size=1) == ["q0", "q2", "q3", "q4"]
+
+
+def test_the_blocking_client_reads_from_the_start(running_stack: RunningStack) -> None:
+    with Gensearch(running_stack.address, timeout=60) as client:
+        conversation = client.conversations.create("blocking, from the start")
+        first = client.conversations.add_interaction(conversation.id, "q0", "a0")
+        for n in (1, 2):
+            client.conversations.add_interaction(conversation.id, f"q{n}", f"a{n}")
+        turns = client.conversations.iter_interactions(conversation.id, page_size=2)
+        assert [turn.input for turn in turns] == ["q0", "q1", "q2"]
+        after = client.conversations.iter_interactions(
+            conversation.id, after_interaction_id=first.id
+        )
+        assert [turn.input for turn in after] == ["q1", "q2"]
+
+
+class _MemoryBeforeOldestFirst(Relay):
+    """The stack as a memory service from before ListInteractions' oldest_first: those
+    request fields are unknown there, so they never arrive and the answer is newest first."""
+
+    def request(self, method: str, request: bytes) -> bytes:
+        if not method.endswith("/ListInteractions"):
+            return request
+        older = mem_pb.ListInteractionsRequest.FromString(request)
+        older.ClearField("oldest_first")
+        older.ClearField("after_interaction_id")
+        return older.SerializeToString()
+
+
+async def test_reading_from_the_start_refuses_a_memory_that_lists_newest_first(
+    running_stack: RunningStack,
+) -> None:
+    """Handing out an older memory's newest-first pages as oldest first would be a silent
+    wrong order: iter_interactions raises instead, naming the helper that works there."""
+    older = _MemoryBeforeOldestFirst()
+    older.target = running_stack.address
+    async with serving(older) as address, AsyncGensearch(address, timeout=60) as client:
+        conversation = await client.conversations.create("older memory")
+        for n in range(2):
+            await client.conversations.add_interaction(conversation.id, f"q{n}", f"a{n}")
+        with pytest.raises(RuntimeError, match=r"interactions\(oldest_first=True\)"):
+            async for _ in client.conversations.iter_interactions(conversation.id):
+                pass
+        turns = await client.conversations.interactions(conversation.id, oldest_first=True)
+        assert [turn.input for turn in turns] == ["q0", "q1"]

@@ -1573,9 +1573,16 @@ class Conversations:
         *,
         limit: int | None = None,
         oldest_first: bool = False,
+        after_interaction_id: str = "",
         timeout: Timeout = DEFAULT,
     ) -> builtins.list[t.Interaction]:
-        """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read)."""
+        """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read).
+
+        ``oldest_first`` reverses the list read, so with ``limit`` it is still the
+        ``limit`` most recent turns, oldest of them first. ``after_interaction_id`` keeps
+        to the turns newer than that one (it need not exist any more: a position, such as
+        a summary's ``through_interaction_id``). To read a conversation from its start,
+        page by page in the server's order, use ``iter_interactions``."""
         found: builtins.list[t.Interaction] = []
         token = ""
         _page_limit(limit)
@@ -1584,7 +1591,10 @@ class Conversations:
             page = await self._t.unary(
                 self._t.memory.ListInteractions,
                 mpb.ListInteractionsRequest(
-                    conversation_id=conversation_id, page_size=size, page_token=token
+                    conversation_id=conversation_id,
+                    page_size=size,
+                    page_token=token,
+                    after_interaction_id=after_interaction_id,
                 ),
                 timeout,
             )
@@ -1595,6 +1605,46 @@ class Conversations:
         if oldest_first:
             found.reverse()
         return found
+
+    async def iter_interactions(
+        self,
+        conversation_id: str,
+        *,
+        after_interaction_id: str = "",
+        page_size: int = 100,
+        timeout: Timeout = DEFAULT,
+    ) -> AsyncIterator[t.Interaction]:
+        """The turns oldest first, one page at a time in the memory service's own order
+        (ListInteractions ``oldest_first``): the whole conversation, or only the turns
+        newer than ``after_interaction_id``. Stop early with ``break``; nothing more is
+        read. Unlike ``interactions(oldest_first=True)``, which reverses the newest turns
+        it read, this starts at the first turn, so no list of the whole conversation is
+        held. A memory service older than ``oldest_first`` raises ``RuntimeError``."""
+        token = ""
+        while True:
+            page = await self._t.unary(
+                self._t.memory.ListInteractions,
+                mpb.ListInteractionsRequest(
+                    conversation_id=conversation_id,
+                    page_size=page_size,
+                    page_token=token,
+                    oldest_first=True,
+                    after_interaction_id=after_interaction_id,
+                ),
+                timeout,
+            )
+            if page.interactions and not page.oldest_first:
+                # An older memory ignores the field and answers newest first: yielding
+                # that would hand out the turns in the wrong order, silently.
+                raise RuntimeError(
+                    "the memory service lists interactions newest first only (it is older "
+                    "than ListInteractions oldest_first): use interactions(oldest_first=True)"
+                )
+            for turn in page.interactions:
+                yield t.from_proto(t.Interaction, turn)
+            token = page.next_page_token
+            if not token:
+                return
 
     async def get_interaction(
         self, interaction_id: str, *, timeout: Timeout = DEFAULT
