@@ -35,7 +35,7 @@ SUMMARY_FOLDS = Counter(
     "gensearch_gateway_summary_folds_total",
     "Rolling-summary folds: folded, conflict (another fold won the compare-and-set), "
     "failed, dropped (queue full or stopping), skipped (the owner's memory is full: no "
-    "LLM call made).",
+    "LLM call made; or the conversation was deleted or expired while it ran).",
     ["outcome"],
 )
 SUMMARY_TOKENS = Counter(

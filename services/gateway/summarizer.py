@@ -92,6 +92,19 @@ def fold_messages(summary: str, turns: Sequence[Turn], words: int) -> list[gen_p
     ]
 
 
+def _gone(err: ServiceError) -> bool:
+    """Whether ``err`` is memory's NOT_FOUND for the fold's conversation: deleted (or
+    expired) while the fold ran, a normal race with nothing left to fold into. Counted
+    ``skipped`` with an INFO line; it was counted ``failed`` with a WARNING, as if memory
+    had been away. Every memory refusal reaches the fold as a ``ServiceError`` (the
+    client maps each gRPC status), so none is logged with a traceback."""
+    if err.reason != "CONVERSATION_NOT_FOUND":
+        return False
+    SUMMARY_FOLDS.labels("skipped").inc()
+    log.info("summary fold skipped: the conversation is gone", extra={"reason": err.reason})
+    return True
+
+
 class Summarizer:
     def __init__(
         self, memory: MemoryClient, generation: GenerationClient, settings: GatewaySettings
@@ -143,10 +156,11 @@ class Summarizer:
         except TimeoutError:
             SUMMARY_FOLDS.labels("failed").inc()
             log.warning("summary fold timed out")
-        except ServiceError as err:  # memory or generation could not serve
-            SUMMARY_FOLDS.labels("failed").inc()
-            log.warning("summary fold failed", extra={"reason": err.reason})
-        except Exception:  # counted here; the queue's worker survives it either way
+        except ServiceError as err:  # memory or generation answered so, or could not serve
+            if not _gone(err):
+                SUMMARY_FOLDS.labels("failed").inc()
+                log.warning("summary fold failed", extra={"reason": err.reason})
+        except Exception:  # a bug: counted here; the queue's worker survives it either way
             SUMMARY_FOLDS.labels("failed").inc()
             log.exception("summary fold failed")
         finally:
@@ -159,8 +173,9 @@ class Summarizer:
             conversation = await self._memory.get_conversation(
                 job.conversation_id, job.caller, timeout
             )
-        except ServiceError:  # deleted or expired meanwhile, or memory away: nothing to do
-            SUMMARY_FOLDS.labels("failed").inc()
+        except ServiceError as err:  # deleted or expired meanwhile, or memory away
+            if not _gone(err):
+                SUMMARY_FOLDS.labels("failed").inc()
             return
         if conversation.summary_disabled:
             return
@@ -220,6 +235,8 @@ class Summarizer:
             except ServiceError as err:
                 # ABORTED: another fold (another replica) got there first; its summary
                 # stands, and the next turn folds whatever is still pending.
+                if _gone(err):
+                    return
                 outcome = "conflict" if err.reason == "SUMMARY_CHANGED" else "failed"
                 SUMMARY_FOLDS.labels(outcome).inc()
                 if outcome == "failed":

@@ -6,6 +6,7 @@ eviction is folded; concurrent folds and turns lose nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 from google.protobuf import duration_pb2, field_mask_pb2
+from prometheus_client import REGISTRY
 
 from services.common.auth import Identity, Role, forwarded_identity
 from services.common.tokens import estimate_tokens
@@ -733,3 +735,46 @@ async def test_a_fold_on_a_memory_that_lists_newest_first_only_still_folds_the_o
             summary = (await _get(stack, cid)).summary
             assert summary.through_interaction_id == ids[through]
             assert set(_labels(summary.text)) == set(range(through + 1))
+
+
+def _folds(outcome: str) -> float:
+    labels = {"outcome": outcome}
+    return REGISTRY.get_sample_value("gensearch_gateway_summary_folds_total", labels) or 0.0
+
+
+async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DeleteConversation while the gateway's own background fold (queued by an Ask) holds
+    its model call: the fold's UpdateConversationSummary answers NOT_FOUND. That is a
+    normal race, not a failure: counted ``skipped``, one INFO line naming the reason, no
+    traceback. Before, it was counted ``failed`` with a WARNING, as if memory were away."""
+    caplog.set_level(logging.INFO, "gensearch.gateway.summary")
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 12)
+    answer_gate = stack.fake.gate = asyncio.Event()
+    asked = asyncio.create_task(_ask(stack, cid, 12))
+    try:
+        await asyncio.wait_for(stack.fake.gate_reached.wait(), 30)  # the Ask's own answer
+        # A new gate for the calls from now on (the fold's); the answer waits on the old.
+        stack.fake.gate_reached.clear()
+        stack.fake.gate = asyncio.Event()
+        answer_gate.set()
+        await asyncio.wait_for(asked, 30)
+        await asyncio.wait_for(stack.fake.gate_reached.wait(), 30)  # the fold's call, held
+        assert is_fold(stack.fake.chat_requests[-1].json)
+        skipped, failed = _folds("skipped"), _folds("failed")
+        await stack.memory.DeleteConversation(
+            mem_pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+        )
+    finally:
+        answer_gate.set()
+        if stack.fake.gate is not None:
+            stack.fake.gate.set()
+        await asyncio.gather(asked, return_exceptions=True)
+    await stack.gateway.stop(30)  # drains the summary queue: the held fold ends
+    assert (_folds("skipped") - skipped, _folds("failed") - failed) == (1, 0)
+    lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
+    assert lines and not [r for r in lines if r.exc_info or r.levelno >= logging.WARNING]
+    assert any(getattr(r, "reason", "") == "CONVERSATION_NOT_FOUND" for r in lines), lines
