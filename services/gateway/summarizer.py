@@ -258,7 +258,7 @@ class Summarizer:
             )
         except ServiceError as err:
             if err.reason != "OWNER_STORAGE_FULL":
-                raise  # memory away, the conversation gone: the fold fails, counted
+                raise  # memory away (failed) or the conversation gone (skipped): in _run
             SUMMARY_FOLDS.labels("skipped").inc()
             log.info(
                 "summary fold skipped: the owner's memory is full", extra={"reason": err.reason}
