@@ -16,9 +16,11 @@ before then:
   reports it with ``ended_early``, the same status with the same metadata: the call's
   ``Cutoff`` (``call_cutoff``) tells it what the call had on arrival.
 
-The margin is smaller than the ones our handlers keep for themselves (a generative
-search's partial results and generation's own timeouts end min(0.25 s, 10 %) early), so
-their answers go first and this is the backstop. What gRPC ends before any handler runs
+The margin is smaller than the ones our handlers keep for themselves, so their answers go
+first and this is the backstop: an upstream request (generation's chat completions,
+retrieval's embeddings and rerank) ends ``upstream_margin`` early, twice this margin, so
+its precise status ("the embeddings endpoint did not answer ...") has a whole chassis
+margin to leave before this cut's generic one. What gRPC ends before any handler runs
 (a deadline already past in the client, a call expiring in the server's queue) stays
 bare: docs/operations.md#deadline_exceeded.
 """
@@ -38,6 +40,36 @@ TOO_SHORT = "DEADLINE_TOO_SHORT"
 # at most MAX_MARGIN seconds (the time a status needs to reach its client).
 MARGIN_SHARE = 0.05
 MAX_MARGIN = 0.2
+
+
+def margin(timeout: float) -> float:
+    """Seconds before its deadline at which the chassis ends a call that had ``timeout``
+    seconds when it arrived."""
+    return min(MAX_MARGIN, timeout * MARGIN_SHARE)
+
+
+def upstream_margin(timeout: float) -> float:
+    """Seconds before its deadline at which an upstream exchange of a call that had
+    ``timeout`` seconds when it arrived must end: the chassis' margin and as much again.
+    Both timers run on one event loop, but after the exchange's fires its status still
+    takes a few steps (the connection closed, the span ended) and a loaded machine can
+    stall them; with the two margins a mere 0.05-0.125 s apart, the chassis' cut often won
+    and the caller read "the call's deadline ... was about to pass" instead of what did not
+    answer. The gap is the chassis margin itself (0.2 s from a 4 s deadline up), the time a
+    status is given to reach its client, and it shrinks with short deadlines as that does,
+    so a short call keeps most of its time for the upstream."""
+    return 2 * margin(timeout)
+
+
+def room_before_cut(time_left: float) -> float:
+    """Seconds work begun now with ``time_left`` before the served call's deadline may take
+    so that its own status leaves first: ``time_left`` less ``upstream_margin``, counted
+    from what the call had when it arrived, as the chassis counts its cut, so work begun
+    late in the call (a second batch, a rerank after the search) still ends before that
+    cut. Outside a served call, ``time_left`` stands for what it had. Never below 0."""
+    cutoff = call_cutoff()
+    arrived_with = time_left if cutoff is None else max(cutoff.timeout, time_left)
+    return max(0.0, time_left - upstream_margin(arrived_with))
 
 
 def _ms(seconds: float) -> str:
@@ -108,7 +140,7 @@ class Cutoff:
         self._active: asyncio.Timeout | None = None
 
     def margin(self) -> float:
-        return min(MAX_MARGIN, self.timeout * MARGIN_SHARE)
+        return margin(self.timeout)
 
     def error(self) -> DeadlineExceeded:
         left = self.when + self.margin() - asyncio.get_running_loop().time()

@@ -14,8 +14,8 @@ generation service, embeddings in retrieval).
 - Bounded by the call's ``Deadline``: a wait that would end after it is not started, nor is a
   ``Retry-After`` above ``retry_after_max``; the last fault is returned at once instead of
   sleeping into a deadline no retry can meet. The deadline is the caller's less
-  ``DEADLINE_MARGIN`` (``exchange_seconds``), so the status saying why the call failed
-  reaches a caller still waiting for it.
+  ``call_deadline.upstream_margin`` (``exchange_seconds``), so the status saying why the
+  call failed reaches a caller still waiting for it, before the chassis' own cut.
 
 The SDK's own retries are off (``max_retries=0`` in ``services.common.openai_api``), so this
 is the only policy.
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import openai
 from opentelemetry import trace
 
+from services.common.call_deadline import room_before_cut
 from services.common.egress import refusal
 
 log = logging.getLogger("gensearch.upstream.retry")
@@ -46,20 +47,17 @@ log = logging.getLogger("gensearch.upstream.retry")
 RETRY_EVENT = "gensearch.upstream.retry"
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
-# Seconds an upstream exchange ends before its caller's deadline (at most a tenth of a short
-# one): time for the status saying why (a 429's RetryInfo, say) to reach the caller before
-# the chassis (call_deadline.py, min(0.2 s, 5 %) early) or the caller's gRPC ends the call
-# with a bare DEADLINE_EXCEEDED.
-DEADLINE_MARGIN = 0.25
 
 
 def exchange_seconds(time_left: float | None, timeout: float) -> float:
     """Seconds one upstream exchange may take: ``timeout`` (the operator's bound, the only
-    one of a call without a deadline), and never past the caller's ``time_left`` less the
-    margin."""
+    one of a call without a deadline), and never past the caller's ``time_left`` less
+    ``call_deadline.upstream_margin`` (``room_before_cut``): time for the status saying why
+    (a 429's RetryInfo, say) to reach the caller before the chassis' cut with its generic
+    message, or the caller's gRPC with a bare DEADLINE_EXCEEDED."""
     if time_left is None:
         return timeout
-    return min(time_left - min(DEADLINE_MARGIN, time_left * 0.1), timeout)
+    return min(room_before_cut(time_left), timeout)
 
 
 def retryable_status(status: int) -> bool:

@@ -662,7 +662,7 @@ def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:
 
 # How early before the turn's deadline a step may end out of time for that deadline: the
 # services behind the gateway stop a little before the time they are given (generation's
-# DEADLINE_MARGIN, at most a quarter second) so their answer still arrives.
+# call_deadline.upstream_margin, a tenth of it, at most 0.4 s) so their answer still arrives.
 _EARLY_SECONDS = 0.5
 
 

@@ -8,6 +8,7 @@ import asyncio
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.common.call_deadline import room_before_cut
 from services.common.errors import InvalidArgument, MissingField, out_of_range
 from services.common.fair_executor import FairExecutor
 from services.common.json_schema import (
@@ -194,7 +195,8 @@ def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySett
     value = duration_seconds(g.timeout, "generate.timeout") if g.HasField("timeout") else None
     if call_deadline is not None:
         call_remaining = call_deadline - asyncio.get_running_loop().time()
-        # Leave time to send the partial results before the caller gives up.
-        cap = call_remaining - min(0.25, call_remaining * 0.1)
+        # Leave time to send the partial results before the caller gives up, and before
+        # the chassis' own cut with its generic message (call_deadline.upstream_margin).
+        cap = room_before_cut(call_remaining)
         value = cap if value is None else min(value, cap)
     return settings.default_generation_timeout if value is None else value

@@ -110,10 +110,11 @@ class Planner:
                 )
             )
         # The caller's deadline bounds everything upstream, retries and fallbacks included,
-        # less a margin (upstream_retry.DEADLINE_MARGIN, time for the reply to reach the
-        # caller, through the gateway too): a call that fails on it (a wait for the
-        # provider's limits, an upstream that does not answer) is told so while the caller
-        # still listens, not left to the caller's own bare DEADLINE_EXCEEDED.
+        # less a margin (call_deadline.upstream_margin, time for the reply to reach the
+        # caller, through the gateway too, before the chassis' own cut): a call that fails
+        # on it (a wait for the provider's limits, an upstream that does not answer) is
+        # told so while the caller still listens, not left to the chassis' generic cut or
+        # the caller's own bare DEADLINE_EXCEEDED.
         return Plan(
             chain=chain,
             deadline=Deadline(exchange_seconds(time_remaining, self.default_timeout)),

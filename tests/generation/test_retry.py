@@ -154,8 +154,8 @@ async def test_429s_spend_none_of_the_retries() -> None:
     ("time_left", "timeout", "expected"),
     [
         (None, 30.0, 30.0),  # no deadline: the timeout alone
-        (10.0, 30.0, 9.75),  # the call's deadline less DEADLINE_MARGIN
-        (1.0, 30.0, 0.9),  # a tenth of a short one
+        (10.0, 30.0, 9.6),  # the call's deadline less twice the chassis' 0.2 s
+        (1.0, 30.0, 0.9),  # a tenth of a short one (twice the chassis' 5 %)
         (100.0, 30.0, 30.0),  # the timeout when it ends first
     ],
 )
