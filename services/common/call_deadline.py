@@ -61,6 +61,14 @@ def upstream_margin(timeout: float) -> float:
     return 2 * margin(timeout)
 
 
+def outlasting(budget: float) -> float:
+    """The deadline to give a downstream call whose upstream work should end when
+    ``budget`` does, not ``upstream_margin`` before it (the inverse of ``room_before_cut``
+    for a call that arrives with it): the gateway's fan-out, whose own timer at the budget
+    then reports the hit's DEADLINE_EXCEEDED, not generation's UPSTREAM_TIMEOUT."""
+    return min(budget + 2 * MAX_MARGIN, budget / (1 - 2 * MARGIN_SHARE))
+
+
 def room_before_cut(time_left: float) -> float:
     """Seconds work begun now with ``time_left`` before the served call's deadline may take
     so that its own status leaves first: ``time_left`` less ``upstream_margin``, counted

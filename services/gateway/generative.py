@@ -19,6 +19,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 from opentelemetry import trace
 
+from services.common.call_deadline import outlasting
 from services.common.errors import ATTEMPTS, FailedPrecondition, ServiceError, metadata_count
 from services.common.tracing import CACHE_HIT, UPSTREAM_ATTEMPTS, service_tracer
 from services.gateway import chunks, generation_cache, generative_request, rerank, templates
@@ -45,8 +46,6 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.templates import Template
 
 GROUPED = -1
-# Seconds a generation call's deadline outlasts the fan-out budget.
-DOWNSTREAM_MARGIN = 0.25
 # Seconds before the budget's end a hit stops waiting for its cache write: its answer
 # must reach the fan-out before the fan-out gives up on it.
 STORE_MARGIN = 0.05
@@ -394,7 +393,8 @@ class GenerativeSearch:
                     # reports DEADLINE_EXCEEDED itself; this bounds the downstream call, and
                     # tells the generation service how long a hit may wait for the
                     # provider's limits (a longer wait fails the hit at once, saying why).
-                    timeout=time_left(deadline, floor=0) + DOWNSTREAM_MARGIN,
+                    # (call_deadline.outlasting: the budget and generation's own margin.)
+                    timeout=outlasting(time_left(deadline, floor=0)),
                     emit=emit if plan.stream_tokens else None,
                     restart=lambda: emit("", restart=True),
                     prompt_field=(

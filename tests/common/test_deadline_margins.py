@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.call_deadline import DeadlineLimit, margin, upstream_margin
+from services.common.call_deadline import DeadlineLimit, margin, outlasting, upstream_margin
 from services.common.upstream_retry import exchange_seconds
 
 
@@ -61,3 +61,13 @@ def test_a_request_outside_a_call_counts_its_margin_from_its_own_time() -> None:
     # No served call (an import run by hand, say): the request's own time left stands for
     # what the call had.
     assert exchange_seconds(4.0, 30.0) == pytest.approx(4.0 - upstream_margin(4.0))
+
+
+@given(st.floats(min_value=0.01, max_value=3600.0))
+def test_a_downstream_call_given_outlasting_ends_its_upstream_work_with_the_budget(
+    budget: float,
+) -> None:
+    # The gateway's fan-out gives generation outlasting(budget): generation's upstream work
+    # then ends when the hit's budget does, and the gateway's own timer reports it.
+    deadline = outlasting(budget)
+    assert deadline - upstream_margin(deadline) == pytest.approx(budget)

@@ -69,7 +69,8 @@ STREAMS_SETTING = "GENSEARCH_GENERATION_MAX_CONCURRENT_STREAMS"
 REFUSED = frozenset({call_slots.REASON, TOO_MANY_STREAMS})
 #: A slot that frees, or a retry due, with less than this left of a call's deadline is no
 #: use: the call fails at once, saying why, instead of running out of time at the
-#: generation service (the fan-out gives its calls its budget plus 0.25 s).
+#: generation service (the fan-out gives its calls its budget plus generation's own
+#: margin, call_deadline.outlasting).
 MIN_CALL_SECONDS = 0.5
 #: Pause before a refused call is sent again: doubling from the first to the last, each
 #: drawn between half and all of it (so refused calls do not come back together).
