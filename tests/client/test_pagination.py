@@ -147,3 +147,8 @@ async def test_reading_from_the_start_refuses_a_memory_that_lists_newest_first(
                 pass
         turns = await client.conversations.interactions(conversation.id, oldest_first=True)
         assert [turn.input for turn in turns] == ["q0", "q1"]
+        # A position it ignores would hand out every turn, the one named and older too.
+        with pytest.raises(RuntimeError, match="ignores after_interaction_id"):
+            await client.conversations.interactions(
+                conversation.id, after_interaction_id=turns[0].interaction_id
+            )

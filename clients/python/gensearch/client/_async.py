@@ -1581,8 +1581,9 @@ class Conversations:
         ``oldest_first`` reverses the list read, so with ``limit`` it is still the
         ``limit`` most recent turns, oldest of them first. ``after_interaction_id`` keeps
         to the turns newer than that one (it need not exist any more: a position, such as
-        a summary's ``through_interaction_id``). To read a conversation from its start,
-        page by page in the server's order, use ``iter_interactions``."""
+        a summary's ``through_interaction_id``; a memory service older than the field
+        raises ``RuntimeError``). To read a conversation from its start, page by page in
+        the server's order, use ``iter_interactions``."""
         found: builtins.list[t.Interaction] = []
         token = ""
         _page_limit(limit)
@@ -1598,6 +1599,15 @@ class Conversations:
                 ),
                 timeout,
             )
+            if after_interaction_id and any(
+                i.interaction_id.lower() <= after_interaction_id.lower() for i in page.interactions
+            ):
+                # An older memory ignores the field and lists the whole conversation (ids
+                # sort as they were made): handing that out would be silently wrong.
+                raise RuntimeError(
+                    "the memory service ignores after_interaction_id (it is older than the "
+                    "field): read the turns and keep those newer than it"
+                )
             found.extend(t.from_proto(t.Interaction, i) for i in page.interactions)
             token = page.next_page_token
             if not token:
