@@ -356,7 +356,9 @@ class GenerativeSearch:
         deadline = plan.deadline = loop.time() + (plan.timeout or 0)
         plan.timeout_field = generative_request.budget_field(g, plan.timeout)
         options = Options.resolve(g, g.model, collection.generative, s)
-        await self._b.models.check_choices(options, caller, min(plan.timeout or 2.0, 2.0))
+        await self._b.models.check_choices(
+            options, caller, generative_request.models_check_seconds(plan.timeout)
+        )
         cache = self._b.cache
         policy = generation_cache_policy(g, collection, s) if cache.available else Policy()
         scope = Scope(caller.tenant, collection.name, collection.create_time.ToNanoseconds())

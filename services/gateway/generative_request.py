@@ -189,6 +189,18 @@ def budget_field(g: gw_pb.Generate, budget: float | None) -> str | None:
     return "generate.timeout" if duration_seconds(g.timeout, "generate.timeout") <= budget else None
 
 
+def models_check_seconds(budget: float | None) -> float:
+    """Seconds the check of the request's providers and models may take (ListModels, when
+    the gateway's copy is cold): at most 2 s, and never past the generation ``budget``. A
+    budget the search spent already (0: ``room_before_cut`` found no time left) gets a
+    moment only; the check is skipped when generation does not answer in time, and each
+    hit then says it ran out of time. ``budget or 2.0`` gave it 2 s past the caller's
+    deadline, and the chassis' cut ended the whole call, its search results lost."""
+    if budget is None:
+        return 2.0
+    return min(max(budget, 0.001), 2.0)
+
+
 def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:
     """Seconds the generation phase may take: the request's timeout, else the call's
     deadline less a margin, else the default."""

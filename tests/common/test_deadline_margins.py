@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from services.common.call_deadline import DeadlineLimit, margin, outlasting, upstream_margin
 from services.common.upstream_retry import exchange_seconds
+from services.gateway.generative_request import models_check_seconds
 
 
 @given(st.floats(min_value=0.001, max_value=3600.0))
@@ -71,3 +72,14 @@ def test_a_downstream_call_given_outlasting_ends_its_upstream_work_with_the_budg
     # then ends when the hit's budget does, and the gateway's own timer reports it.
     deadline = outlasting(budget)
     assert deadline - upstream_margin(deadline) == pytest.approx(budget)
+
+
+@given(st.floats(min_value=0.0, max_value=3600.0, allow_nan=False))
+def test_the_models_check_never_outlasts_the_generation_budget(budget: float) -> None:
+    """The check of a request's models (ListModels when the gateway's copy is cold) takes
+    at most 2 s and never more than the budget, a spent one (0, as ``room_before_cut``
+    gives when the search used all but the margin) a moment only. Before, a budget of 0
+    gave the check 2 s (``budget or 2.0``), past the caller's deadline."""
+    seconds = models_check_seconds(budget)
+    assert 0 < seconds <= 2.0
+    assert seconds <= max(budget, 0.001)
