@@ -35,7 +35,8 @@ SUMMARY_FOLDS = Counter(
     "gensearch_gateway_summary_folds_total",
     "Rolling-summary folds: folded, conflict (another fold won the compare-and-set), "
     "failed, dropped (queue full or stopping), skipped (the owner's memory is full: no "
-    "LLM call made; or the conversation was deleted or expired while it ran).",
+    "LLM call made; or the conversation was deleted or expired, or its summary turned "
+    "off, while it ran).",
     ["outcome"],
 )
 SUMMARY_TOKENS = Counter(

@@ -92,16 +92,27 @@ def fold_messages(summary: str, turns: Sequence[Turn], words: int) -> list[gen_p
     ]
 
 
-def _gone(err: ServiceError) -> bool:
-    """Whether ``err`` is memory's NOT_FOUND for the fold's conversation: deleted (or
-    expired) while the fold ran, a normal race with nothing left to fold into. Counted
-    ``skipped`` with an INFO line; it was counted ``failed`` with a WARNING, as if memory
-    had been away. Every memory refusal reaches the fold as a ``ServiceError`` (the
-    client maps each gRPC status), so none is logged with a traceback."""
-    if err.reason != "CONVERSATION_NOT_FOUND":
+# Memory's answers that leave a fold nothing to write into, each a normal race with the
+# owner (the conversation deleted or expired, its summary turned off, the owner's storage
+# filled meanwhile): counted ``skipped`` with an INFO line, not ``failed`` with a WARNING
+# as if memory had been away.
+_SKIPPED = {
+    "CONVERSATION_NOT_FOUND": "the conversation is gone",
+    "SUMMARY_DISABLED": "the conversation's summary is off",
+    "OWNER_STORAGE_FULL": "the owner's memory is full",
+}
+
+
+def _skipped(err: ServiceError) -> bool:
+    """Counts and says a fold skipped when memory's ``err`` is one of ``_SKIPPED``; False
+    otherwise (the caller counts its failure). Every memory refusal reaches the fold as a
+    ``ServiceError`` (the client maps each gRPC status), so none is logged with a
+    traceback."""
+    why = _SKIPPED.get(err.reason)
+    if why is None:
         return False
     SUMMARY_FOLDS.labels("skipped").inc()
-    log.info("summary fold skipped: the conversation is gone", extra={"reason": err.reason})
+    log.info(f"summary fold skipped: {why}", extra={"reason": err.reason})
     return True
 
 
@@ -157,7 +168,7 @@ class Summarizer:
             SUMMARY_FOLDS.labels("failed").inc()
             log.warning("summary fold timed out")
         except ServiceError as err:  # memory or generation answered so, or could not serve
-            if not _gone(err):
+            if not _skipped(err):
                 SUMMARY_FOLDS.labels("failed").inc()
                 log.warning("summary fold failed", extra={"reason": err.reason})
         except Exception:  # a bug: counted here; the queue's worker survives it either way
@@ -169,14 +180,8 @@ class Summarizer:
     async def fold(self, job: FoldJob) -> None:
         """Folds the job's pending turns, in batches that fit the model, oldest first."""
         timeout = self._s.summary_timeout
-        try:
-            conversation = await self._memory.get_conversation(
-                job.conversation_id, job.caller, timeout
-            )
-        except ServiceError as err:  # deleted or expired meanwhile, or memory away
-            if not _gone(err):
-                SUMMARY_FOLDS.labels("failed").inc()
-            return
+        # Deleted or expired meanwhile (skipped), or memory away (failed): counted in _run.
+        conversation = await self._memory.get_conversation(job.conversation_id, job.caller, timeout)
         if conversation.summary_disabled:
             return
         summary = conversation.summary.text
@@ -235,7 +240,7 @@ class Summarizer:
             except ServiceError as err:
                 # ABORTED: another fold (another replica) got there first; its summary
                 # stands, and the next turn folds whatever is still pending.
-                if _gone(err):
+                if _skipped(err):
                     return
                 outcome = "conflict" if err.reason == "SUMMARY_CHANGED" else "failed"
                 SUMMARY_FOLDS.labels(outcome).inc()
@@ -257,12 +262,8 @@ class Summarizer:
                 job.conversation_id, expected, job.caller, timeout, summary=True
             )
         except ServiceError as err:
-            if err.reason != "OWNER_STORAGE_FULL":
-                raise  # memory away (failed) or the conversation gone (skipped): in _run
-            SUMMARY_FOLDS.labels("skipped").inc()
-            log.info(
-                "summary fold skipped: the owner's memory is full", extra={"reason": err.reason}
-            )
+            if not _skipped(err):
+                raise  # memory away: the fold fails, counted in _run
             return None
         return checked if checked is not None else mem_pb.CheckStorageResponse()
 

@@ -742,13 +742,15 @@ def _folds(outcome: str) -> float:
     return REGISTRY.get_sample_value("gensearch_gateway_summary_folds_total", labels) or 0.0
 
 
+@pytest.mark.parametrize("reason", ["CONVERSATION_NOT_FOUND", "SUMMARY_DISABLED"])
 async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
-    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture, reason: str
 ) -> None:
-    """DeleteConversation while the gateway's own background fold (queued by an Ask) holds
-    its model call: the fold's UpdateConversationSummary answers NOT_FOUND. That is a
-    normal race, not a failure: counted ``skipped``, one INFO line naming the reason, no
-    traceback. Before, it was counted ``failed`` with a WARNING, as if memory were away."""
+    """DeleteConversation (or its summary turned off) while the gateway's own background
+    fold (queued by an Ask) holds its model call: the fold's UpdateConversationSummary
+    answers NOT_FOUND (FAILED_PRECONDITION SUMMARY_DISABLED). That is a normal race, not a
+    failure: counted ``skipped``, one INFO line naming the reason, no traceback. Before,
+    each was counted ``failed`` with a WARNING, as if memory were away."""
     caplog.set_level(logging.INFO, "gensearch.gateway.summary")
     stack = await _stack(stack_factory)
     cid = await _conversation(stack)
@@ -765,9 +767,15 @@ async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
         await asyncio.wait_for(stack.fake.gate_reached.wait(), 30)  # the fold's call, held
         assert is_fold(stack.fake.chat_requests[-1].json)
         skipped, failed = _folds("skipped"), _folds("failed")
-        await stack.memory.DeleteConversation(
-            mem_pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
-        )
+        if reason == "CONVERSATION_NOT_FOUND":
+            await stack.memory.DeleteConversation(
+                mem_pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+            )
+        else:
+            await stack.memory.UpdateConversation(
+                mem_pb.UpdateConversationRequest(conversation_id=cid, summary_disabled=True),
+                metadata=ALICE,
+            )
     finally:
         answer_gate.set()
         if stack.fake.gate is not None:
@@ -777,4 +785,4 @@ async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
     assert (_folds("skipped") - skipped, _folds("failed") - failed) == (1, 0)
     lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
     assert lines and not [r for r in lines if r.exc_info or r.levelno >= logging.WARNING]
-    assert any(getattr(r, "reason", "") == "CONVERSATION_NOT_FOUND" for r in lines), lines
+    assert any(getattr(r, "reason", "") == reason for r in lines), lines
