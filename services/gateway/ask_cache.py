@@ -56,9 +56,9 @@ from services.gateway.metrics import CACHE_LOOKUPS, SEMANTIC_STORES
 log = logging.getLogger("gensearch.gateway.ask")
 
 MIN_SIMILARITY = 0.5
-# Fields of an Ask that do not change its answer, or are the question itself.
 # A server's refusal of a request over its MAX_REQUEST_BYTES (services/common/request_size.py).
 _REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+# Fields of an Ask that do not change its answer, or are the question itself.
 _PER_CALL = ("llm_question", "timeout", "debug", "semantic_cache")
 
 
