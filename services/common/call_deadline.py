@@ -56,9 +56,10 @@ def upstream_margin(timeout: float) -> float:
     stall them; with the two margins at most 0.125 s apart (the old upstream one, counted
     from the request's own time left, fell after the cut for a request begun late in the
     call), the chassis' cut often won and the caller read "the call's deadline ... was
-    about to pass" instead of what did not answer. The gap is the chassis margin itself (0.2 s from a 4 s deadline up), the time a
-    status is given to reach its client, and it shrinks with short deadlines as that does,
-    so a short call keeps most of its time for the upstream."""
+    about to pass" instead of what did not answer. The gap is the chassis margin itself
+    (0.2 s from a 4 s deadline up), the time a status is given to reach its client, and it
+    shrinks with short deadlines as that does, so a short call keeps most of its time for
+    the upstream."""
     return 2 * margin(timeout)
 
 
