@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
@@ -91,7 +92,7 @@ class LocalCluster:
         for node in self.nodes:
             self.start_node(node)
         for node in self.nodes:
-            await until(lambda n=node: _ping(n), timeout, f"node {node.port} did not start")
+            await self._started(node, timeout)
         for node in self.nodes:
             async with node.client() as client:
                 await client.execute_command(
@@ -103,6 +104,21 @@ class LocalCluster:
                     "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port
                 )
         await self.wait_ok(timeout)
+
+    async def _started(self, node: Node, timeout: float, tries: int = 3) -> None:
+        """Waits for a new ``node`` to answer. Its ports were picked free a moment before it
+        bound them: one taken meanwhile (a parallel test's server) makes it exit at once
+        (seen on a loaded CI machine), so it starts again on new ports, a few times."""
+        for tried in range(1, tries + 1):
+            try:
+                await until(lambda n=node: _ping(n), timeout, f"node {node.port} did not start")
+                return
+            except AssertionError:  # _ping: the node exited
+                if tried == tries:
+                    raise
+            node.port, node.bus_port = free_port(), free_port()
+            shutil.rmtree(node.data_dir, ignore_errors=True)  # nodes.conf names the old port
+            self.start_node(node)
 
     def start_node(self, node: Node) -> None:
         """Starts (or restarts) ``node`` with its directory, config file and AOF."""
