@@ -83,12 +83,8 @@ async def build_server(settings: MemorySettings, *, port: int | None = None) -> 
         # Runs before store.close (reverse order): index jobs under way still reach Redis.
         server.on_stop(indexer.close)
     # Runs before indexer.close and store.close (on_stop runs in reverse): a deletion it
-    # finishes sends the index its drop job, as DeleteConversation does.
-    resumer = DeletionResumer(
-        store,
-        settings.delete_resume_seconds,
-        None if indexer is None else indexer.conversation_deleted,
-    )
+    # finishes writes the index its drop job ahead, as DeleteConversation does.
+    resumer = DeletionResumer(store, settings.delete_resume_seconds, indexer)
     resumer.start()
     server.on_stop(resumer.close)
     log.info(

@@ -8,21 +8,28 @@ to a later one (a conversation deleted in one batch needs no mark) and unmarks i
 done; this loop, in every replica, finishes the deletions whose mark outlived
 GENSEARCH_MEMORY_DELETE_RESUME_SECONDS (``store.resume_deletions``). Two replicas
 finishing one deletion at once is harmless: each batch deletes what is still listed.
-The interrupted call never got to send the search index its drop job of the conversation
-(the servicer sends it once the deletion is done): ``finished`` is told each deletion
-finished here, for the resume to send it.
+Each deletion finished here has its search index drop job written to the outbox before
+it runs, as the calls' own (``Indexer.dropping``): a replica killed while it resumes one
+leaves the job to the next drain. It was sent from memory after the deletion before, and
+lost with a replica killed in between: the interrupted call's own job may have been
+drained already (taken out while the conversation was still there, or run before the
+later batches), and the entries stayed in the index until the sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from services.common.errors import ServiceError
 from services.common.tasks import cancel_and_wait
 from services.memory.metrics import DELETIONS_PENDING, DELETIONS_RESUMED
 from services.memory.store import MemoryStore, Owner
+
+if TYPE_CHECKING:  # the indexer's module costs seconds of start-up: imported when on
+    from services.memory.indexer import Indexer
 
 log = logging.getLogger("gensearch.memory.deletions")
 
@@ -32,11 +39,11 @@ class DeletionResumer:
         self,
         store: MemoryStore,
         every_seconds: float,
-        finished: Callable[[Owner, str], object] | None = None,
+        indexer: Indexer | None = None,
     ) -> None:
         self._store = store
         self._every = every_seconds
-        self._finished = finished
+        self._indexer = indexer
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -51,7 +58,9 @@ class DeletionResumer:
         while True:
             await asyncio.sleep(self._every)
             try:
-                finished = await self._store.resume_deletions(finished_one=self._finished_one)
+                finished = await self._store.resume_deletions(
+                    around=self._around, finished_one=self._finished_one
+                )
             except Exception as err:  # Redis down (the store logged it): next period
                 log.warning(
                     "interrupted deletions not finished yet",
@@ -62,11 +71,17 @@ class DeletionResumer:
                 log.info("interrupted deletions finished", extra={"finished": finished})
             await self._count_pending()
 
+    async def _around(
+        self, owner: Owner, cid: str, deletion: Callable[[], Awaitable[bool]]
+    ) -> object:
+        """One deletion, its drop job written ahead when there is a search index."""
+        if self._indexer is None:
+            return await deletion()
+        return await self._indexer.dropping(owner, deletion, cid=cid)
+
     def _finished_one(self, owner: Owner, cid: str) -> None:
         # Counted one by one: a round that fails past some owners finished the others.
         DELETIONS_RESUMED.inc()
-        if self._finished is not None:
-            self._finished(owner, cid)
 
     async def _count_pending(self) -> None:
         """Sets the gauge of marked deletions (one ZCARD a period): one that stays up, or

@@ -22,13 +22,16 @@ Redis is the truth; the index (``search_index.py``) is derived from it and may l
   (``kill -9``) between the Redis write and the index write leaves it there, for the next
   drain of any replica. It was lost with the replica before, and the turn never found by
   search if the index knew none of its owner's turns (the sweep walks known owners only).
-- A deletion's drop job is in the outbox before the deletion runs (``deleting``), and
+- A deletion's drop job is in the outbox before the deletion runs (``dropping``), and
   taken out once the index dropped the entries: a replica killed between the deletion
   and the drop (the call acknowledged or not, the deletion's marks removed or not) leaves
   it for the next drain. It was only in the replica's memory before, and the entries
   stayed until the sweep (hourly by default). A drain runs a drop job only once what it
   names is gone from Redis: one written ahead of a deletion that never ran (the call
-  failed first) drops nothing.
+  failed first) drops nothing. Every deletion goes this one way: the calls, the resume
+  of an interrupted DeleteConversation (``deletions.py``) and a search hit found gone;
+  the resume and the hit sent theirs from memory only before, lost with a replica killed
+  before it ran.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
@@ -240,20 +244,75 @@ class Indexer:
             )
             return None
 
-    async def deleting(self, owner: Owner, *, cid: str = "", iid: str = "") -> DropAhead:
-        """Writes the drop job of a deletion of the conversation ``cid`` (or of the turn
-        ``iid``) to the outbox, due a retry period from now, before the deletion runs
-        (awaited, one round trip): then given to ``deleted`` once the deletion is done, or
-        to ``not_deleted`` when there was nothing to delete. A deletion that fails
-        otherwise (it may have run in part) leaves the job to a drain, which drops the
-        entries only if what it names is gone (``_apply``)."""
+    async def dropping(
+        self,
+        owner: Owner,
+        deletion: Callable[[], Awaitable[object]],
+        *,
+        cid: str = "",
+        iid: str = "",
+    ) -> object:
+        """Runs ``deletion`` (of the conversation ``cid`` or of the turn ``iid``) with its
+        drop job written to the outbox first, and answers what it answered: the one way
+        every deletion sends the index its drop (DeleteConversation, DeleteInteraction,
+        the resume of an interrupted deletion, a search hit found gone). A replica killed
+        at any point after the deletion ran leaves the job to a drain, which drops the
+        entries only if what it names is gone (``_apply``). ``deletion`` answering False
+        (the resume's: nothing it deleted) or raising NotFound: nothing to drop here."""
+        ahead = await self._deleting(owner, cid=cid, iid=iid)
+        try:
+            done = await deletion()
+        except NotFound:
+            self._not_deleted(ahead)
+            raise
+        if done is False:
+            self._not_deleted(ahead)
+        else:
+            await self._deleted(ahead)
+        return done
+
+    def drop_gone(self, owner: Owner, iid: str) -> None:
+        """Drops the entries of the turn ``iid``, found gone from Redis (a search hit), in
+        the background, through ``dropping`` (a deletion already done)."""
+
+        async def gone() -> bool:
+            return True
+
+        task = asyncio.get_running_loop().create_task(self.dropping(owner, gone, iid=iid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deleting(self, owner: Owner, *, cid: str = "", iid: str = "") -> DropAhead:
+        """Writes the drop job of a deletion to the outbox, due a retry period from now,
+        before the deletion runs (awaited, one round trip). A deletion that fails otherwise
+        (it may have run in part) leaves the job to a drain."""
         op, ident = (_DROP_CONVERSATION, cid) if cid else (_DROP_INTERACTION, iid)
         job = [op, owner.tenant, owner.user, ident]
         started = time.monotonic()
         # Shielded: a call cancelled meanwhile still knows whether the job is there.
-        return DropAhead(job, await asyncio.shield(self._start_ahead(job)), started)
+        added = await asyncio.shield(self._start_drop_ahead(job))
+        return DropAhead(job, None if added is None else added > 0, started, added == 1)
 
-    async def deleted(self, ahead: DropAhead) -> None:
+    def _start_drop_ahead(self, job: list[str]) -> asyncio.Task[int | None]:
+        ahead = asyncio.get_running_loop().create_task(self._write_drop_ahead(job))
+        self._tasks.add(ahead)
+        ahead.add_done_callback(self._tasks.discard)
+        return ahead
+
+    async def _write_drop_ahead(self, job: list[str]) -> int | None:
+        """``_write_ahead`` of a drop job, answering as ``_add`` (2: it was there already,
+        left by a deletion killed before its drop), or None when Redis did not take it."""
+        due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
+        try:
+            return await self._add(json.dumps(job), job, due)
+        except ServiceError as err:
+            log.warning(
+                "search index job not written ahead: a crash before it runs loses it",
+                extra={"job": job[0], "error": _describe(err)},
+            )
+            return None
+
+    async def _deleted(self, ahead: DropAhead) -> None:
         """The deletion ``ahead`` was written for is done: its drop runs here, in the
         background, and is taken out of the outbox once the index did it. A deletion
         slower than half a retry period writes the job again (awaited): a drain may have
@@ -264,20 +323,17 @@ class Indexer:
             queued = await asyncio.shield(self._start_ahead(ahead.job))
         self._spawn(ahead.job, None, queued)
 
-    def not_deleted(self, ahead: DropAhead) -> None:
-        """Nothing was deleted (NOT_FOUND): the job written ahead is taken out, in the
-        background (left there, a drain would only find nothing to drop; meanwhile it held
-        a place of the outbox's bounds, a tenant deleting missing ids filling its share)."""
-        if ahead.queued:
+    def _not_deleted(self, ahead: DropAhead) -> None:
+        """Nothing was deleted: the job written ahead is taken out, in the background (left
+        there, a drain would only find nothing to drop; meanwhile it held a place of the
+        outbox's bounds, a tenant deleting missing ids filling its share). Only a job this
+        write put there (``fresh``): one there already is that of a deletion killed before
+        its drop (a client retrying it finds NOT_FOUND, a resume finds it done), and
+        taking it out lost that drop."""
+        if ahead.queued and ahead.fresh:
             out = asyncio.get_running_loop().create_task(self._done_ahead(ahead.job))
             self._tasks.add(out)
             out.add_done_callback(self._tasks.discard)
-
-    def conversation_deleted(self, owner: Owner, cid: str) -> None:
-        self._spawn([_DROP_CONVERSATION, owner.tenant, owner.user, cid])
-
-    def interaction_deleted(self, owner: Owner, iid: str) -> None:
-        self._spawn([_DROP_INTERACTION, owner.tenant, owner.user, iid])
 
     def _spawn(
         self, job: list[str], interaction: pb.Interaction | None = None, ahead: bool | None = None
@@ -355,6 +411,11 @@ class Indexer:
     async def _queue(self, member: str, job: list[str], due_ms: int) -> bool:
         """Queues ``job`` (``member`` its JSON) under the outbox's bounds; past them it is
         dropped, counted, for the sweep (False)."""
+        return await self._add(member, job, due_ms) > 0
+
+    async def _add(self, member: str, job: list[str], due_ms: int) -> int:
+        """``_queue``, answering as ``store.outbox_add``: 1 queued, 2 there already (only
+        its due time moved), 0 or -1 refused (counted, logged)."""
         queued = await self._store.outbox_add(
             member,
             due_ms,
@@ -364,7 +425,7 @@ class Indexer:
             index=job[0] == _INDEX,
         )
         if queued > 0:
-            return True
+            return queued
         reason = OUTBOX_FULL if queued == 0 else TENANT_SHARE
         SEARCH_JOBS_DROPPED.labels(reason).inc()
         now = time.monotonic()
@@ -375,7 +436,7 @@ class Indexer:
                 _DROPPED_FULL if queued == 0 else _DROPPED_SHARE,
                 extra={"job": job[0], "reason": reason},
             )
-        return False
+        return queued
 
     def _failed(self, err: Exception, job: list[str]) -> None:
         """Logs a failed job's outage: Redis's when its turn could not be read, else the
@@ -392,7 +453,7 @@ class Indexer:
         self, job: list[str], interaction: pb.Interaction | None, *, drained: bool = False
     ) -> None:
         """``drained``: a job taken from the outbox, a drop of which runs only once what it
-        names is gone from Redis (``deleting`` writes it before the deletion runs)."""
+        names is gone from Redis (``dropping`` writes it before the deletion runs)."""
         op, tenant, user, ident = job
         owner = Owner(tenant, user)
         if drained and op != _INDEX and await self._still_there(owner, op, ident):
@@ -626,7 +687,7 @@ class Indexer:
         for hit, interaction in zip(hits, found, strict=True):
             if interaction is None:
                 # Gone from Redis (deleted, expired) but not yet from the index.
-                self.interaction_deleted(owner, hit.interaction_id)
+                self.drop_gone(owner, hit.interaction_id)
                 continue
             if len(out) < limit:
                 out.append(pb.InteractionHit(interaction=interaction, score=hit.score))
@@ -644,14 +705,15 @@ class _TurnUnreadable(Exception):
 
 class DropAhead:
     """A deletion's drop job written to the outbox before the deletion runs
-    (``Indexer.deleting``): ``queued`` as ``Indexer._write_ahead`` answered (True queued,
-    False refused by the outbox's bounds, None not taken by Redis), ``started`` the
-    time.monotonic() it was sent."""
+    (``Indexer._deleting``): ``queued`` True queued, False refused by the outbox's bounds,
+    None not taken by Redis; ``fresh`` this write put it there (not there already);
+    ``started`` the time.monotonic() it was sent."""
 
-    def __init__(self, job: list[str], queued: bool | None, started: float) -> None:
+    def __init__(self, job: list[str], queued: bool | None, started: float, fresh: bool) -> None:
         self.job = job
         self.queued = queued
         self.started = started
+        self.fresh = fresh
 
 
 class WriteAhead:

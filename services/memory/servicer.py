@@ -274,20 +274,14 @@ class MemoryServicer(pb_grpc.MemoryServiceServicer):
         iid: str = "",
     ) -> None:
         """Runs ``deletion`` (of the conversation ``cid`` or the turn ``iid``) with the
-        search index's drop job written to the outbox before it (indexer.deleting): a
+        search index's drop job written to the outbox before it (indexer.dropping): a
         replica killed at any point after the deletion ran leaves the job to a drain.
         Sent only after the deletion before, it was lost with a replica killed in
         between, and the entries stayed in the index until the sweep."""
         if self._indexer is None:
             await deletion()
             return
-        ahead = await self._indexer.deleting(owner, cid=cid, iid=iid)
-        try:
-            await deletion()
-        except NotFound:
-            self._indexer.not_deleted(ahead)
-            raise
-        await self._indexer.deleted(ahead)
+        await self._indexer.dropping(owner, deletion, cid=cid, iid=iid)
 
     async def CreateInteraction(
         self, request: pb.CreateInteractionRequest, context: grpc.aio.ServicerContext

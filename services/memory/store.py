@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -145,6 +146,9 @@ DELETE_BATCH = 500
 DELETE_RESUME_SECONDS = 60.0
 # Deletions one ``MemoryStore.resume_deletions`` finishes at most.
 RESUME_BATCH = 100
+# How a resume runs one deletion (``resume_deletions``' ``around``): given the owner, the
+# conversation and the deletion, answering what the deletion answered.
+Around = Callable[["Owner", str, Callable[[], Awaitable[bool]]], Awaitable[object]]
 # Turns one run of drop_missing.lua walks (declares, checks, drops): bounds how long one
 # run holds Redis however long the conversation; a longer one takes more runs
 # (``MemoryStore._drop_gone``).
@@ -1834,13 +1838,16 @@ class MemoryStore:
         self,
         count: int = RESUME_BATCH,
         *,
+        around: Around | None = None,
         finished_one: Callable[[Owner, str], object] | None = None,
     ) -> int:
         """Finishes up to ``count`` deletions whose call was interrupted
         (``delete_conversation``: last marked more than DELETE_RESUME_SECONDS ago, by this
-        replica's setting); how many it finished. ``finished_one`` is told the owner and
-        conversation of each, for what the interrupted call did not do after its
-        deletion (the search index's drop job: ``DeletionResumer``). One that fails (its
+        replica's setting); how many it finished. ``around`` runs each (given the owner,
+        the conversation and the deletion to run; answering what it answered), for what
+        the interrupted call did around its deletion: the search index's drop job written
+        ahead (``Indexer.dropping``). ``finished_one`` is told the owner and conversation
+        of each finished (``DeletionResumer``'s count). One that fails (its
         owner's Cluster master down, say) stays marked, for the next resume, and holds no
         other back: the rest are finished, then the first failure is raised. (Stopping at it, the
         oldest mark first every time, finished no other owner's while it lasted.)"""
@@ -1860,8 +1867,11 @@ class MemoryStore:
             except (ValueError, TypeError):
                 await self._unmark_deleting(mark)  # not ours
                 continue
+            finish = functools.partial(
+                self.delete_conversation, owner, str(cid), finish_only=made_by
+            )
             try:
-                if await self.delete_conversation(owner, str(cid), finish_only=made_by):
+                if await (finish() if around is None else around(owner, str(cid), finish)):
                     finished += 1
                     if finished_one is not None:
                         finished_one(owner, str(cid))
@@ -2310,7 +2320,7 @@ class MemoryStore:
         self, job: str, due_ms: int, owner: Owner, *, max_jobs: int, per_tenant: int, index: bool
     ) -> int:
         """Queues ``job`` (of ``owner``) unless the outbox holds ``max_jobs``, or
-        ``per_tenant`` of the owner's tenant (0: no share): 1 queued (a job already queued
+        ``per_tenant`` of the owner's tenant (0: no share): 1 queued, 2 queued already (it
         only gets the new due time), 0 refused as full, -1 refused as the tenant's share.
         A refused ``index`` job notes its owner for ``outbox_take_missed``."""
         out = await _redis(

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.settings import MemorySettings
-from services.memory.store import lua_source
+from services.memory.store import DELETE_BATCH, lua_source
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
 from tests.support.processes import start_serving
@@ -33,11 +33,14 @@ from tests.support.redis_relay import relaying
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY = "gensearch.memory.v1.MemoryService"
 OUTBOX = "gensearch:{search-outbox}:jobs"
+PENDING = "gensearch:{deletes}:pending"
 # Bounds on the waits (every 0.1 s) for the index and the drain, not timing assertions.
 WAIT_ROUNDS = 600
 
 
-async def _start(redis_url: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _start(
+    redis_url: str, data_dir: Path, *, resume_seconds: str = "3600"
+) -> tuple[asyncio.subprocess.Process, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
         GENSEARCH_DATA_DIR=str(data_dir),
@@ -46,6 +49,7 @@ async def _start(redis_url: str, data_dir: Path) -> tuple[asyncio.subprocess.Pro
         GENSEARCH_MEMORY_REDIS_URL=redis_url,
         GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
         GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.3",
+        GENSEARCH_MEMORY_DELETE_RESUME_SECONDS=resume_seconds,
     )
     return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
 
@@ -162,5 +166,139 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
             assert await _indexed(data, "c", [cid]) == {cid: 0}
         else:
             assert await _indexed(data, "i", iids) == {iids[0]: 0, iids[1]: 2}
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.slow
+async def test_a_resume_killed_after_its_deletion_leaves_its_drop_job(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """The twice-killed resume. A DeleteConversation of a conversation longer than a batch
+    is slower than a retry period: a drain finds the conversation still there and takes
+    its drop job out (it would drop nothing). Its first batch runs, and the replica is
+    killed before the next (kill -9 one: the call's own rewrite of the job is lost with
+    it). Another replica's resume finishes the deletion and is killed right after its run
+    (kill -9 two). A third replica then leaves the conversation's turns in neither search
+    nor the index. Before, the resume sent its drop job from memory after the run: it was
+    lost with the second kill, and the index kept every turn's entries until the sweep
+    (hourly by default)."""
+    turns = DELETE_BATCH + 1
+    delete_sha = hashlib.sha1(lua_source("delete_conversation").encode()).hexdigest().encode()
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    held = asyncio.Event()  # never set: a killed replica's command goes nowhere
+    data = tmp_path / "replica"
+
+    async def outbox_empty() -> bool:
+        for _ in range(WAIT_ROUNDS):
+            if await redis.zcard(OUTBOX) == 0:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    # Kill one: the call's first run waits until a drain took its job out (the
+    # conversation still there), then runs; the replica dies before its second batch.
+    first = {"armed": False, "drained_first": False, "ints_reads": 0}
+    dying: asyncio.subprocess.Process | None = None
+
+    async def slow_then_killed(args: list[bytes]) -> None:
+        if not first["armed"]:
+            return
+        command = args[0].upper()
+        if command == b"EVALSHA" and args[1] == delete_sha and not first["drained_first"]:
+            first["drained_first"] = await outbox_empty()
+        elif command == b"ZRANGE" and args[1].endswith(b":ints"):
+            first["ints_reads"] += 1
+            if first["ints_reads"] == 2 and dying is not None:
+                os.kill(dying.pid, signal.SIGKILL)
+                await held.wait()
+
+    try:
+        async with relaying(redis_server.url, slow_then_killed) as relay_url:
+            dying, address = await _start(relay_url, data)
+            try:
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = pb_grpc.MemoryServiceStub(channel)
+                    made = await stub.CreateConversation(pb.CreateConversationRequest())
+                    cid = made.conversation.conversation_id
+                    for start in range(0, turns, 50):
+                        await asyncio.gather(
+                            *(
+                                stub.CreateInteraction(
+                                    pb.CreateInteractionRequest(
+                                        conversation_id=cid, input=f"pelican {n}", response="pouch"
+                                    )
+                                )
+                                for n in range(start, min(start + 50, turns))
+                            )
+                        )
+                    assert await outbox_empty()  # every turn indexed
+                    found = await stub.SearchInteractions(
+                        pb.SearchInteractionsRequest(query="pelican", mode=pb.SEARCH_MODE_KEYWORD)
+                    )
+                    assert len(found.hits) > 0
+                    first["armed"] = True
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.DeleteConversation(
+                            pb.DeleteConversationRequest(conversation_id=cid), timeout=60
+                        )
+                assert first["drained_first"] and first["ints_reads"] == 2
+            finally:
+                await _stop(dying)
+        assert await redis.zcard(OUTBOX) == 0  # the call's job: drained, not rewritten
+        assert await redis.zcard(PENDING) == 1  # its mark, for a resume
+
+        # Kill two: the resume's run of the deletion goes to Redis from the relay, and
+        # the replica is killed before it reads the answer.
+        serving = asyncio.Event()
+        resumed: list[object] = []
+        resumer: asyncio.subprocess.Process | None = None
+
+        async def resumed_then_killed(args: list[bytes]) -> None:
+            if not (args[0].upper() == b"EVALSHA" and args[1] == delete_sha):
+                return
+            await serving.wait()
+            try:
+                resumed.append(await redis.execute_command(*args))  # the resume's run, here
+            except ResponseError:
+                return  # a run asking for more keys first (it wrote nothing)
+            assert resumer is not None
+            os.kill(resumer.pid, signal.SIGKILL)
+            await held.wait()
+
+        async with relaying(redis_server.url, resumed_then_killed) as relay_url:
+            resumer, _ = await _start(relay_url, data, resume_seconds="0.2")
+            try:
+                serving.set()
+                for _ in range(WAIT_ROUNDS):
+                    if resumed:
+                        break
+                    await asyncio.sleep(0.1)
+                assert resumed == [1]  # it deleted the last turn, and was killed
+                assert await resumer.wait() == -signal.SIGKILL
+            finally:
+                await _stop(resumer)
+        assert [k async for k in redis.scan_iter(match="*:int:*", count=1000)] == []
+
+        survivor, address = await _start(redis_server.url, data, resume_seconds="0.2")
+        try:
+            for _ in range(WAIT_ROUNDS):  # its drain, and its resume of the mark left
+                if await redis.zcard(OUTBOX) == 0 and await redis.zcard(PENDING) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await redis.zcard(OUTBOX) == 0
+            assert await redis.zcard(PENDING) == 0
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.MemoryServiceStub(channel)
+                found = await stub.SearchInteractions(
+                    pb.SearchInteractionsRequest(query="pelican", mode=pb.SEARCH_MODE_KEYWORD)
+                )
+                assert list(found.hits) == []
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(survivor.wait(), 30)
+            await _stop(survivor)
+        assert await _indexed(data, "c", [cid]) == {cid: 0}
     finally:
         await redis.aclose()

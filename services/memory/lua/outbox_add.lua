@@ -2,14 +2,15 @@
 -- the owners whose index job it refused (SET of [tenant, user] JSON): one hash tag, one
 -- slot. ARGV: job, due ms, tenant, owner (JSON), the most jobs in all, the most of one
 -- tenant (0: no share), whether the job indexes a turn (1) or drops entries (0).
--- Returns 1 when the job is queued (a job already there only gets its new due time: a
--- retry is never refused), 0 when the outbox holds its most jobs, -1 when the tenant
--- holds its share. A refused index job notes its owner for the sweep's catch-up (at most
+-- Returns 1 when the job is queued, 2 when it was there already (it only gets its new due
+-- time: a retry is never refused; a deletion's drop job written ahead tells from it that
+-- the job is not its own to take out), 0 when the outbox holds its most jobs, -1 when
+-- the tenant holds its share. A refused index job notes its owner for the sweep's catch-up (at most
 -- as many owners as jobs); a refused drop needs nothing: the sweep removes what Redis no
 -- longer holds.
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-  return 1
+  return 2
 end
 local size = redis.call('ZCARD', KEYS[1])
 if size == 0 then
