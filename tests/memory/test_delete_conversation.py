@@ -5,6 +5,8 @@ retry, and a turn written between the read and the delete is deleted too."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -631,3 +633,34 @@ async def test_a_delete_of_nothing_leaves_no_drop_job_behind(
 
 async def _outbox_empty(memory: Memory, outbox: str) -> bool:
     return await memory.redis.zcard(outbox) == 0
+
+
+async def test_a_retried_delete_finding_nothing_leaves_the_killed_calls_drop_job(
+    memory_factory: MemoryFactory, tmp_path: Path
+) -> None:
+    """A DeleteConversation whose replica was killed after the deletion ran, before its
+    drop: its job waits in the outbox. The client, told UNAVAILABLE, sends the call again,
+    which finds nothing (NOT_FOUND). Its own write-ahead of the same job found it there:
+    the drop still runs. Before, the retry took the job out as one it had put there for
+    nothing, and the index kept the conversation's entries until the sweep."""
+    memory = await keyword_memory(memory_factory, tmp_path)
+    cid = await search_conversation(memory, ALICE_RPC)
+    iids = [await turn(memory, ALICE_RPC, cid, f"pelican {n}", "pouch") for n in range(2)]
+    assert set(await search_until(memory, ALICE_RPC, "pelican", iids)) == set(iids)
+    killed = MemoryStore(memory.redis)  # the killed replica: its job, then its deletion
+    job = json.dumps(["drop-conversation", ALICE.tenant, ALICE.user, cid])
+    not_due = time.time_ns() // 1_000_000 + 3_600_000  # not drained before the retry
+    assert await killed.outbox_add(job, not_due, ALICE, max_jobs=100, per_tenant=0, index=False)
+    await killed.delete_conversation(ALICE, cid)
+
+    with pytest.raises(grpc.aio.AioRpcError) as retried:
+        await memory.stub.DeleteConversation(
+            pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE_RPC
+        )
+    assert retried.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def drained() -> bool:
+        return await memory.redis.zcard(killed.outbox_key) == 0
+
+    assert await eventually(drained)
+    assert await indexed_after_stop(memory, tmp_path, "c", [cid]) == {cid: 0}
