@@ -251,6 +251,7 @@ class Indexer:
         *,
         cid: str = "",
         iid: str = "",
+        reserve: bool = True,
     ) -> object:
         """Runs ``deletion`` (of the conversation ``cid`` or of the turn ``iid``) with its
         drop job written to the outbox first, and answers what it answered: the one way
@@ -258,8 +259,10 @@ class Indexer:
         the resume of an interrupted deletion, a search hit found gone). A replica killed
         at any point after the deletion ran leaves the job to a drain, which drops the
         entries only if what it names is gone (``_apply``). ``deletion`` answering False
-        (the resume's: nothing it deleted) or raising NotFound: nothing to drop here."""
-        ahead = await self._deleting(owner, cid=cid, iid=iid)
+        (the resume's: nothing it deleted) or raising NotFound: nothing to drop here.
+        ``reserve``: the job may use the outbox's reserve for deletions (past its bounds,
+        up to twice its most jobs); a search hit found gone does not (it frees nothing)."""
+        ahead = await self._deleting(owner, cid=cid, iid=iid, reserve=reserve)
         try:
             done = await deletion()
         except NotFound:
@@ -278,11 +281,14 @@ class Indexer:
         async def gone() -> bool:
             return True
 
-        task = asyncio.get_running_loop().create_task(self.dropping(owner, gone, iid=iid))
+        dropping = self.dropping(owner, gone, iid=iid, reserve=False)
+        task = asyncio.get_running_loop().create_task(dropping)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deleting(self, owner: Owner, *, cid: str = "", iid: str = "") -> DropAhead:
+    async def _deleting(
+        self, owner: Owner, *, cid: str = "", iid: str = "", reserve: bool
+    ) -> DropAhead:
         """Writes the drop job of a deletion to the outbox, due a retry period from now,
         before the deletion runs (awaited, one round trip). A deletion that fails otherwise
         (it may have run in part) leaves the job to a drain."""
@@ -290,21 +296,21 @@ class Indexer:
         job = [op, owner.tenant, owner.user, ident]
         started = time.monotonic()
         # Shielded: a call cancelled meanwhile still knows whether the job is there.
-        added = await asyncio.shield(self._start_drop_ahead(job))
-        return DropAhead(job, None if added is None else added > 0, started, added == 1)
+        added = await asyncio.shield(self._start_drop_ahead(job, reserve))
+        return DropAhead(job, _queued(added), started, added == 1, reserve)
 
-    def _start_drop_ahead(self, job: list[str]) -> asyncio.Task[int | None]:
-        ahead = asyncio.get_running_loop().create_task(self._write_drop_ahead(job))
+    def _start_drop_ahead(self, job: list[str], reserve: bool) -> asyncio.Task[int | None]:
+        ahead = asyncio.get_running_loop().create_task(self._write_drop_ahead(job, reserve))
         self._tasks.add(ahead)
         ahead.add_done_callback(self._tasks.discard)
         return ahead
 
-    async def _write_drop_ahead(self, job: list[str]) -> int | None:
+    async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
         """``_write_ahead`` of a drop job, answering as ``_add`` (2: it was there already,
         left by a deletion killed before its drop), or None when Redis did not take it."""
         due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
         try:
-            return await self._add(json.dumps(job), job, due)
+            return await self._add(json.dumps(job), job, due, deletion=reserve)
         except ServiceError as err:
             log.warning(
                 "search index job not written ahead: a crash before it runs loses it",
@@ -320,7 +326,8 @@ class Indexer:
         (``stored``'s reason, for a turn not written yet)."""
         queued = ahead.queued
         if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
-            queued = await asyncio.shield(self._start_ahead(ahead.job))
+            again = self._start_drop_ahead(ahead.job, ahead.reserve)
+            queued = _queued(await asyncio.shield(again))
         self._spawn(ahead.job, None, queued)
 
     def _not_deleted(self, ahead: DropAhead) -> None:
@@ -413,9 +420,12 @@ class Indexer:
         dropped, counted, for the sweep (False)."""
         return await self._add(member, job, due_ms) > 0
 
-    async def _add(self, member: str, job: list[str], due_ms: int) -> int:
+    async def _add(
+        self, member: str, job: list[str], due_ms: int, *, deletion: bool = False
+    ) -> int:
         """``_queue``, answering as ``store.outbox_add``: 1 queued, 2 there already (only
-        its due time moved), 0 or -1 refused (counted, logged)."""
+        its due time moved), 0 or -1 refused (counted, logged). ``deletion``: a drop
+        written ahead of its deletion, which has a reserve past the bounds."""
         queued = await self._store.outbox_add(
             member,
             due_ms,
@@ -423,6 +433,7 @@ class Indexer:
             max_jobs=self._outbox_max,
             per_tenant=self._outbox_share,
             index=job[0] == _INDEX,
+            deletion=deletion,
         )
         if queued > 0:
             return queued
@@ -707,13 +718,22 @@ class DropAhead:
     """A deletion's drop job written to the outbox before the deletion runs
     (``Indexer._deleting``): ``queued`` True queued, False refused by the outbox's bounds,
     None not taken by Redis; ``fresh`` this write put it there (not there already);
-    ``started`` the time.monotonic() it was sent."""
+    ``started`` the time.monotonic() it was sent; ``reserve`` it may use the outbox's
+    reserve for deletions."""
 
-    def __init__(self, job: list[str], queued: bool | None, started: float, fresh: bool) -> None:
+    def __init__(
+        self, job: list[str], queued: bool | None, started: float, fresh: bool, reserve: bool
+    ) -> None:
         self.job = job
         self.queued = queued
         self.started = started
         self.fresh = fresh
+        self.reserve = reserve
+
+
+def _queued(added: int | None) -> bool | None:
+    """``_add``'s answer (None: Redis did not take the job) as ``_write_ahead``'s."""
+    return None if added is None else added > 0
 
 
 class WriteAhead:

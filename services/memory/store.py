@@ -2317,12 +2317,22 @@ class MemoryStore:
         return self._outbox_keys()[0]
 
     async def outbox_add(
-        self, job: str, due_ms: int, owner: Owner, *, max_jobs: int, per_tenant: int, index: bool
+        self,
+        job: str,
+        due_ms: int,
+        owner: Owner,
+        *,
+        max_jobs: int,
+        per_tenant: int,
+        index: bool,
+        deletion: bool = False,
     ) -> int:
         """Queues ``job`` (of ``owner``) unless the outbox holds ``max_jobs``, or
         ``per_tenant`` of the owner's tenant (0: no share): 1 queued, 2 queued already (it
         only gets the new due time), 0 refused as full, -1 refused as the tenant's share.
-        A refused ``index`` job notes its owner for ``outbox_take_missed``."""
+        A refused ``index`` job notes its owner for ``outbox_take_missed``. A
+        ``deletion``'s drop, written ahead of it, has a reserve: refused only past twice
+        ``max_jobs``, and no share applies (lua/outbox_add.lua)."""
         out = await _redis(
             self._outage,
             self._outbox_add(
@@ -2334,7 +2344,7 @@ class MemoryStore:
                     json.dumps([owner.tenant, owner.user]),
                     max_jobs,
                     per_tenant,
-                    1 if index else 0,
+                    2 if deletion else 1 if index else 0,
                 ],
             ),
             key=self.outbox_key,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -39,7 +41,7 @@ WAIT_ROUNDS = 600
 
 
 async def _start(
-    redis_url: str, data_dir: Path, *, resume_seconds: str = "3600"
+    redis_url: str, data_dir: Path, *, resume_seconds: str = "3600", outbox_jobs: int = 100_000
 ) -> tuple[asyncio.subprocess.Process, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
     env.update(
@@ -50,6 +52,7 @@ async def _start(
         GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
         GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.3",
         GENSEARCH_MEMORY_DELETE_RESUME_SECONDS=resume_seconds,
+        GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS=str(outbox_jobs),
     )
     return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
 
@@ -74,14 +77,29 @@ async def _indexed(data_dir: Path, field: str, values: list[str]) -> dict[str, i
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("what", "deletion_runs"),
-    [("conversation", True), ("interaction", True), ("conversation", False)],
+    ("what", "deletion_runs", "outbox_full"),
+    [
+        ("conversation", True, False),
+        ("interaction", True, False),
+        ("conversation", False, False),
+        ("conversation", True, True),
+        ("interaction", True, True),
+    ],
 )
 async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
-    redis_server: RedisProcess, tmp_path: Path, what: str, deletion_runs: bool
+    redis_server: RedisProcess, tmp_path: Path, what: str, deletion_runs: bool, outbox_full: bool
 ) -> None:
     """``deletion_runs`` False: killed just before the deletion's script, which never runs:
-    the job written ahead of it drops nothing (the conversation is still there)."""
+    the job written ahead of it drops nothing (the conversation is still there).
+
+    ``outbox_full``: the outbox holds its most jobs (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS,
+    here 1: another job, not due): a deletion's drop job takes the outbox's reserve for
+    deletions. Before, the outbox refused it, the call answered OK all the same and ran
+    the drop from memory, and a replica killed before it ran left the entries in the index
+    until the sweep."""
+    most = 1 if outbox_full else 100_000
+    # Not due within the test: it stays, and holds the outbox's one place.
+    filler = json.dumps(["index", "other-tenant", "other-user", "not-due"])
     sha = hashlib.sha1(lua_source(f"delete_{what}").encode()).hexdigest().encode()
     redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
     armed = killed = False
@@ -107,7 +125,7 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
     data = tmp_path / "replica"
     try:
         async with relaying(redis_server.url, kill_at_the_deletion) as relay_url:
-            dying, address = await _start(relay_url, data)
+            dying, address = await _start(relay_url, data, outbox_jobs=most)
             try:
                 async with grpc.aio.insecure_channel(address) as channel:
                     stub = pb_grpc.MemoryServiceStub(channel)
@@ -133,6 +151,8 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
                             break
                         await asyncio.sleep(0.1)
                     assert len(found.hits) == 2
+                    if outbox_full:
+                        await redis.zadd(OUTBOX, {filler: time.time() * 1000 + 3_600_000})
                     armed = True
                     with pytest.raises(grpc.aio.AioRpcError):
                         if what == "conversation":
@@ -147,13 +167,14 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
             finally:
                 await _stop(dying)
 
-        survivor, _ = await _start(redis_server.url, data)
+        survivor, _ = await _start(redis_server.url, data, outbox_jobs=most)
+        left = 1 if outbox_full else 0  # the filler, never due
         try:
             for _ in range(WAIT_ROUNDS):  # its drain runs what the killed replica left
-                if await redis.zcard(OUTBOX) == 0:
+                if await redis.zcard(OUTBOX) == left:
                     break
                 await asyncio.sleep(0.1)
-            assert await redis.zcard(OUTBOX) == 0
+            assert await redis.zcard(OUTBOX) == left
         finally:
             survivor.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):

@@ -1,7 +1,14 @@
 -- KEYS: the outbox (ZSET of jobs by due ms), its per-tenant counts (HASH tenant -> jobs),
 -- the owners whose index job it refused (SET of [tenant, user] JSON): one hash tag, one
 -- slot. ARGV: job, due ms, tenant, owner (JSON), the most jobs in all, the most of one
--- tenant (0: no share), whether the job indexes a turn (1) or drops entries (0).
+-- tenant (0: no share), whether the job indexes a turn (1), drops entries (0), or is a
+-- deletion's drop written ahead (2). A deletion's drop has a reserve: refused only when
+-- the outbox holds twice its most jobs, and no tenant share applies. A full outbox (the
+-- index down for long, its backlog of turns to index) refused it before, and a replica
+-- killed before its drop ran lost it. The reserve stays small beside what deletions
+-- free (a turn's or a conversation's keys, against one short member each), and a job
+-- leaves once dropped, or at once when nothing was deleted; bounded all the same, for
+-- deletes failing on another node (a cluster's owner node down) that leave their jobs.
 -- Returns 1 when the job is queued, 2 when it was there already (it only gets its new due
 -- time: a retry is never refused; a deletion's drop job written ahead tells from it that
 -- the job is not its own to take out), 0 when the outbox holds its most jobs, -1 when
@@ -19,7 +26,9 @@ if size == 0 then
 end
 local answer = 1
 local share = tonumber(ARGV[6])
-if size >= tonumber(ARGV[5]) then
+if ARGV[7] == '2' then
+  if size >= 2 * tonumber(ARGV[5]) then answer = 0 end
+elseif size >= tonumber(ARGV[5]) then
   answer = 0
 elseif share > 0 and tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= share then
   answer = -1
