@@ -81,3 +81,33 @@ async def test_the_job_is_written_ahead_run_once_and_then_removed(
         await indexer.idle()
         assert await index.indexed([turn.interaction_id]) == {turn.interaction_id}
         assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox
+
+
+async def test_a_deletions_drop_job_has_a_reserve_past_the_outbox_bounds(target: Target) -> None:
+    """A deletion's drop job written ahead (``deletion=True``) is queued past the outbox's
+    most jobs and past its tenant's share, up to twice the most jobs; other jobs are
+    refused at the bounds as before. Before, the full outbox refused a deletion's drop job
+    too, and it was run from the replica's memory only (lost with a kill -9)."""
+    redis = connect(
+        target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
+    )
+    store = MemoryStore(redis)
+    try:
+        await store.load_scripts()
+
+        async def add(name: str, *, deletion: bool, index: bool = False) -> int:
+            job = json.dumps(["drop-conversation", ALICE.tenant, ALICE.user, name])
+            return await store.outbox_add(
+                job, FAR, ALICE, max_jobs=2, per_tenant=1, index=index, deletion=deletion
+            )
+
+        assert await add("a", deletion=False) == 1
+        assert await add("b", deletion=False) == -1  # the tenant's share
+        assert await add("b", deletion=True) == 1  # no share for a deletion's drop
+        assert await add("c", deletion=False) == 0  # the outbox holds its most jobs
+        assert await add("c", deletion=True) == 1
+        assert await add("d", deletion=True) == 1
+        assert await add("e", deletion=True) == 0  # twice its most jobs: refused
+        assert await add("a", deletion=True) == 2  # there already: only its due time moves
+    finally:
+        await store.close()
