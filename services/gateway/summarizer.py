@@ -108,11 +108,16 @@ def _skipped(err: ServiceError) -> bool:
     otherwise (the caller counts its failure). Every memory refusal reaches the fold as a
     ``ServiceError`` (the client maps each gRPC status), so none is logged with a
     traceback."""
-    why = _SKIPPED.get(err.reason)
+    return _skip(err.reason)
+
+
+def _skip(reason: str) -> bool:
+    """``_skipped`` for a ``reason`` memory answered or the fold read itself."""
+    why = _SKIPPED.get(reason)
     if why is None:
         return False
     SUMMARY_FOLDS.labels("skipped").inc()
-    log.info(f"summary fold skipped: {why}", extra={"reason": err.reason})
+    log.info(f"summary fold skipped: {why}", extra={"reason": reason})
     return True
 
 
@@ -183,6 +188,8 @@ class Summarizer:
         # Deleted or expired meanwhile (skipped), or memory away (failed): counted in _run.
         conversation = await self._memory.get_conversation(job.conversation_id, job.caller, timeout)
         if conversation.summary_disabled:
+            # Turned off since the turn that queued this job (queued only with it on).
+            _skip("SUMMARY_DISABLED")
             return
         summary = conversation.summary.text
         through = conversation.summary.through_interaction_id

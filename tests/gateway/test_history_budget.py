@@ -488,10 +488,13 @@ async def test_budget_summary_eviction_and_expiry_on_a_cluster(
     assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
 
 
-async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: Any) -> None:
+async def _fold_directly(
+    stack: Stack, cid: str, keep_turns: int, queued: bool = False, **overrides: Any
+) -> None:
     """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
     its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
-    settings."""
+    settings. ``queued``: submitted to the replica's summary queue, which it drains (the
+    fold counted and logged as a worker runs it, its errors too)."""
     settings = GatewaySettings(
         **{
             "memory_addr": f"127.0.0.1:{stack.servers['memory'].port}",
@@ -506,7 +509,11 @@ async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: A
     caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
     job = FoldJob(caller, cid, keep_turns, 10**6, Options("fake", "fake-model"), WINDOW, Estimate())
     try:
-        await backends.summarizer.fold(job)
+        if queued:
+            assert backends.summarizer.submit(job)
+            await backends.summarizer.drain()
+        else:
+            await backends.summarizer.fold(job)
     finally:
         await backends.clients.close()
 
@@ -786,3 +793,24 @@ async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
     lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
     assert lines and not [r for r in lines if r.exc_info or r.levelno >= logging.WARNING]
     assert any(getattr(r, "reason", "") == reason for r in lines), lines
+
+
+async def test_a_fold_that_finds_the_summary_turned_off_is_counted_skipped(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold queued while the conversation's summary was on, which finds it off at its
+    first read (turned off in between): counted ``skipped`` with one INFO line naming
+    SUMMARY_DISABLED, as when memory says so later in the fold; no model call. Before, it
+    returned without counting anything (neither outcome moved)."""
+    caplog.set_level(logging.INFO, "gensearch.gateway.summary")
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack, summary_disabled=True)
+    await _fill(stack, cid, 6)
+    skipped, failed = _folds("skipped"), _folds("failed")
+    await _fold_directly(stack, cid, 2, queued=True)
+    assert (_folds("skipped") - skipped, _folds("failed") - failed) == (1, 0)
+    assert [r for r in stack.fake.chat_requests if is_fold(r.json)] == []
+    lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
+    assert [(r.levelno, getattr(r, "reason", "")) for r in lines] == [
+        (logging.INFO, "SUMMARY_DISABLED")
+    ]
