@@ -27,33 +27,18 @@ from services.memory.settings import MemorySettings
 from services.memory.store import lua_source
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
-from tests.support.processes import start_serving
+from tests.support.memory_process import kill, start_memory
 from tests.support.redis_relay import relaying
 
-ROOT = Path(__file__).resolve().parents[2]
-MEMORY = "gensearch.memory.v1.MemoryService"
 OUTBOX = "gensearch:{search-outbox}:jobs"
 # Bounds on the waits (every 0.1 s) for the index and the drain, not timing assertions.
 WAIT_ROUNDS = 600
 
 
 async def _start(redis_url: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
-    env.update(
-        GENSEARCH_DATA_DIR=str(data_dir),
-        GENSEARCH_MEMORY_PORT="0",
-        GENSEARCH_MEMORY_METRICS_PORT="0",
-        GENSEARCH_MEMORY_REDIS_URL=redis_url,
-        GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
-        GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.3",
+    return await start_memory(
+        data_dir, redis_url=redis_url, search_index="keyword", search_retry_seconds="0.3"
     )
-    return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
 
 
 async def _indexed(data_dir: Path, field: str, values: list[str]) -> dict[str, int]:
@@ -141,7 +126,7 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
                             )
                 assert killed
             finally:
-                await _stop(dying)
+                await kill(dying)
 
         survivor, _ = await _start(redis_server.url, data)
         try:
@@ -154,7 +139,7 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
             survivor.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(survivor.wait(), 30)
-            await _stop(survivor)
+            await kill(survivor)
 
         if not deletion_runs:
             assert await _indexed(data, "c", [cid]) == {cid: 4}
