@@ -28,7 +28,7 @@ bare: docs/operations.md#deadline_exceeded.
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from types import TracebackType
 
 import grpc
@@ -104,6 +104,19 @@ _call_cutoff: ContextVar[Cutoff | None] = ContextVar("gensearch_call_cutoff", de
 def call_cutoff() -> Cutoff | None:
     """The cutoff of the call being served (None: it has no deadline, or no call is)."""
     return _call_cutoff.get()
+
+
+def context_past_the_call() -> Context:
+    """A copy of the current context without the served call's cutoff: for work a call
+    starts that must outlive it (a slot's release, a turn's index job, a summary, a cache
+    store in the background). A task copies its creator's context, so such work carried
+    the call's cutoff and was bounded by a deadline that was never its own: memory's wait
+    for a slot move (``_redis_waiting``) gave up at once once the call's had passed, and
+    ``room_before_cut`` counted its margin from the call's time. The call's secrets stay:
+    its lines still hide the caller's key (``logs.context_of_no_call`` drops them too)."""
+    context = copy_context()
+    context.run(_call_cutoff.set, None)
+    return context
 
 
 class DeadlineLimit:
