@@ -58,8 +58,10 @@ def upstream_margin(timeout: float) -> float:
     call), the chassis' cut often won and the caller read "the call's deadline ... was
     about to pass" instead of what did not answer. The gap is the chassis margin itself
     (0.2 s from a 4 s deadline up), the time a status is given to reach its client, and it
-    shrinks with short deadlines as that does, so a short call keeps most of its time for
-    the upstream."""
+    shrinks with short deadlines as that does (0.05 s at 1 s), so a short call keeps most
+    of its time for the upstream. No floor, by decision: what a stall past the gap costs
+    is which of two DEADLINE_EXCEEDED with ErrorInfo the caller reads, and a floor would
+    take a fixed slice of every short call (docs/operations.md#deadline_exceeded)."""
     return 2 * margin(timeout)
 
 
