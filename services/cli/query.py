@@ -150,8 +150,9 @@ def _llm_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PROVIDER[/MODEL]",
-        help="tried in order when the primary fails with a 5xx or a timeout "
-        "(repeatable; default: the collection's chain); no model: the provider's default",
+        help="tried in order when the pair before fails with a 5xx, a failed connection, a "
+        "timeout or 429s past its share of the deadline, not with another 4xx (repeatable; "
+        "default: the collection's chain); no model: the provider's default",
     )
 
 

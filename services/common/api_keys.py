@@ -46,9 +46,17 @@ class ApiKeyError(ValueError):
     """A malformed key configuration (the message holds no key)."""
 
 
+# One configured key: where it is written (for errors), the key, whom it identifies.
+_Entry = tuple[str, str, Identity]
+
+
 def parse_env(raw: str) -> dict[str, Identity]:
     """Key -> identity from the ``GENSEARCH_API_KEYS`` syntax above."""
-    keys: dict[str, Identity] = {}
+    return _collect(_env_entries(raw))
+
+
+def _env_entries(raw: str) -> list[_Entry]:
+    entries: list[_Entry] = []
     for n, pair in enumerate(filter(None, (p.strip() for p in raw.split(",")))):
         who, sep, key = pair.partition(":")
         key = key.strip()
@@ -58,9 +66,8 @@ def parse_env(raw: str) -> dict[str, Identity]:
             raise ApiKeyError(
                 f"{where}: entries must be user:key or user@tenant/role:key, comma-separated"
             )
-        identity = _parse_who(who.strip(), where)
-        _add(keys, key, identity, where)
-    return keys
+        entries.append((where, key, _parse_who(who.strip(), where)))
+    return entries
 
 
 def _parse_who(who: str, where: str) -> Identity:
@@ -89,16 +96,27 @@ def _identity(user: str, tenant: str, role: Role, where: str) -> Identity:
     return Identity(user, tenant, role, client_key=True)
 
 
-def _add(keys: dict[str, Identity], key: str, identity: Identity, where: str) -> None:
-    if key in keys:
-        raise ApiKeyError(f"{where}: this key is already given to another entry")
-    if len(keys) >= MAX_KEYS:
-        raise ApiKeyError(f"{where}: more than {MAX_KEYS} keys")
-    keys[key] = identity
+def _collect(entries: Iterable[_Entry]) -> dict[str, Identity]:
+    """Key -> identity; a key given twice names both entries (not the key), so that an
+    operator with many keys finds the two lines that clash."""
+    keys: dict[str, Identity] = {}
+    places: dict[str, str] = {}
+    for where, key, identity in entries:
+        if key in places:
+            raise ApiKeyError(f"{where}: this key is already given to {places[key]}")
+        if len(keys) >= MAX_KEYS:
+            raise ApiKeyError(f"{where}: more than {MAX_KEYS} keys")
+        keys[key] = identity
+        places[key] = where
+    return keys
 
 
 def parse_file(path: Path) -> dict[str, Identity]:
     """Key -> identity from the YAML keys file (strict: every field, nothing else)."""
+    return _collect(_file_entries(path))
+
+
+def _file_entries(path: Path) -> list[_Entry]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -114,17 +132,16 @@ def parse_file(path: Path) -> dict[str, Identity]:
         raise ApiKeyError(f"GENSEARCH_API_KEYS_FILE is not valid YAML{line}") from None
     if not isinstance(document, dict) or set(document) != {"keys"}:
         raise ApiKeyError("GENSEARCH_API_KEYS_FILE must be a mapping with one field, 'keys'")
-    entries = document["keys"]
-    if entries is None:
-        return {}
-    if not isinstance(entries, list):
+    listed = document["keys"]
+    if listed is None:
+        return []
+    if not isinstance(listed, list):
         raise ApiKeyError("GENSEARCH_API_KEYS_FILE: 'keys' must be a list")
-    keys: dict[str, Identity] = {}
-    for n, entry in enumerate(entries):
+    entries: list[_Entry] = []
+    for n, entry in enumerate(listed):
         where = f"GENSEARCH_API_KEYS_FILE keys[{n}]"
-        key, identity = _file_entry(entry, where)
-        _add(keys, key, identity, where)
-    return keys
+        entries.append((where, *_file_entry(entry, where)))
+    return entries
 
 
 def _file_entry(entry: Any, where: str) -> tuple[str, Identity]:
@@ -147,10 +164,10 @@ def _file_entry(entry: Any, where: str) -> tuple[str, Identity]:
 
 def load_keys(raw_env: str, path: Path | None) -> dict[str, Identity]:
     """Every configured key: the variable's, then the file's (a key may appear once)."""
-    keys = parse_env(raw_env)
+    entries = _env_entries(raw_env)
     if path is not None:
-        for key, identity in parse_file(path).items():
-            _add(keys, key, identity, "GENSEARCH_API_KEYS_FILE")
+        entries += _file_entries(path)
+    keys = _collect(entries)
     _check_legacy_owners(keys.values())
     return keys
 

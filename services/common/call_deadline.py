@@ -28,7 +28,7 @@ bare: docs/operations.md#deadline_exceeded.
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from types import TracebackType
 
 import grpc
@@ -58,8 +58,10 @@ def upstream_margin(timeout: float) -> float:
     call), the chassis' cut often won and the caller read "the call's deadline ... was
     about to pass" instead of what did not answer. The gap is the chassis margin itself
     (0.2 s from a 4 s deadline up), the time a status is given to reach its client, and it
-    shrinks with short deadlines as that does, so a short call keeps most of its time for
-    the upstream."""
+    shrinks with short deadlines as that does (0.05 s at 1 s), so a short call keeps most
+    of its time for the upstream. No floor, by decision: what a stall past the gap costs
+    is which of two DEADLINE_EXCEEDED with ErrorInfo the caller reads, and a floor would
+    take a fixed slice of every short call (docs/operations.md#deadline_exceeded)."""
     return 2 * margin(timeout)
 
 
@@ -104,6 +106,19 @@ _call_cutoff: ContextVar[Cutoff | None] = ContextVar("gensearch_call_cutoff", de
 def call_cutoff() -> Cutoff | None:
     """The cutoff of the call being served (None: it has no deadline, or no call is)."""
     return _call_cutoff.get()
+
+
+def context_past_the_call() -> Context:
+    """A copy of the current context without the served call's cutoff: for work a call
+    starts that must outlive it (a slot's release, a turn's index job, a summary, a cache
+    store in the background). A task copies its creator's context, so such work carried
+    the call's cutoff and was bounded by a deadline that was never its own: memory's wait
+    for a slot move (``_redis_waiting``) gave up at once once the call's had passed, and
+    ``room_before_cut`` counted its margin from the call's time. The call's secrets stay:
+    its lines still hide the caller's key (``logs.context_of_no_call`` drops them too)."""
+    context = copy_context()
+    context.run(_call_cutoff.set, None)
+    return context
 
 
 class DeadlineLimit:

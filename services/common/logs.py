@@ -22,13 +22,15 @@ import math
 import re
 import sys
 import time
-from contextvars import Context, ContextVar, copy_context
+from contextvars import Context, ContextVar
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
 from redis.exceptions import AskError, MovedError
+
+from services.common.call_deadline import context_past_the_call
 
 REDACTED = "[REDACTED]"
 # Secrets from configuration, kept for the life of the process and hidden everywhere.
@@ -136,10 +138,12 @@ def hide_in_this_call(value: str | None) -> None:
 
 
 def context_of_no_call() -> Context:
-    """A copy of the current context holding no caller's key: for long-lived work a call
-    happens to start but that serves every call (a queue's workers), whose own lines must
-    hide no word of the call that started it."""
-    context = copy_context()
+    """A copy of the current context holding nothing of the call being served, neither its
+    caller's keys nor its deadline's cutoff (``call_deadline.context_past_the_call``): for
+    long-lived work a call happens to start but that serves every call (a queue's
+    workers), whose own lines must hide no word of the call that started it and whose
+    work no call's deadline bounds."""
+    context = context_past_the_call()
     context.run(_call_secrets.set, None)
     return context
 

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from services.common.call_deadline import context_past_the_call
 from services.common.tasks import cancel_and_wait
 
 log = logging.getLogger("gensearch.releases")
@@ -41,7 +42,8 @@ class Releases:
         self._pending: set[asyncio.Task[None]] = set()
 
     def _start(self, release: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(release)
+        # Past the call: its deadline's cutoff is not the release's.
+        task = asyncio.create_task(release, context=context_past_the_call())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task

@@ -23,6 +23,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 from opentelemetry import trace
 
+from services.common.call_deadline import outlasting
 from services.common.errors import (
     UPSTREAM_CALLS,
     DeadlineExceeded,
@@ -348,7 +349,7 @@ class AskService:
                     caller,
                     options,
                     prompt.messages,
-                    timeout=time_left(deadline),
+                    timeout=_generation_timeout(deadline),
                     emit=deltas.put if stream else None,
                     # As the gateway's own limit on the prompt (history_budget) names it.
                     prompt_field="llm_question",
@@ -613,7 +614,7 @@ class AskService:
                     caller,
                     rewrite_options,
                     prompt.messages,
-                    timeout=time_left(deadline),
+                    timeout=_generation_timeout(deadline),
                 ),
             )
         except DeadlineExceeded:
@@ -645,6 +646,17 @@ class AskService:
         return rewrite
 
 
+def _generation_timeout(deadline: float) -> float:
+    """The deadline of a generation call of the turn (the rewrite, the answer): the turn's
+    time left and generation's own margin (``call_deadline.outlasting``), so its upstream
+    request ends with the turn, whose own timer (``_within``, the whole turn's in ``ask``)
+    then reports. The turn ends ``upstream_margin`` before the chassis' cut of the call
+    (``ask_request.budget``), as a generative search's hits do; given the turn's time
+    left alone, a generation call begun late in the turn ended its request its own short
+    margin before the deadline, after that cut, and the caller read its generic message."""
+    return outlasting(time_left(deadline))
+
+
 async def _value(value: T) -> T:
     return value
 
@@ -661,8 +673,10 @@ def _note_trimming(prompt: AskPrompt, model: str, window: int) -> None:
 
 
 # How early before the turn's deadline a step may end out of time for that deadline: the
-# services behind the gateway stop a little before the time they are given (generation's
-# call_deadline.upstream_margin, a tenth of it, at most 0.4 s) so their answer still arrives.
+# services behind the gateway stop a little before the time they are given (retrieval's
+# embeddings and rerank, call_deadline.upstream_margin, a tenth of it, at most 0.4 s) so
+# their answer still arrives. (Generation's calls are given the turn's time plus that
+# margin, ``_generation_timeout``: theirs end with the turn.)
 _EARLY_SECONDS = 0.5
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
+from services.common.call_deadline import room_before_cut
 from services.common.errors import InvalidArgument, MissingField, out_of_range, quote, seconds_text
 from services.common.repeats import refuse_repeats
 from services.common.request_ids import check_request_id, fingerprint
@@ -46,7 +47,12 @@ def budget_field(request: AskLike, budget: float) -> str | None:
 
 def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | None) -> float:
     """Seconds the turn may take: the request's timeout (checked), else the default,
-    never past the call's own deadline."""
+    never past ``room_before_cut`` of the call's own deadline, as a generative search's
+    budget (``generative_request.budget``): the turn's own timer then ends it with its
+    clear status a whole chassis margin before the chassis' generic cut, and the
+    generation calls given that budget plus their own margin (``call_deadline.outlasting``)
+    end their upstream requests with it. Before, the turn had the call's whole time: its
+    timer fell after that cut, and so did a generation call begun late in the turn."""
     s = settings
     if request.HasField("timeout"):
         value = duration_seconds(request.timeout, "timeout")
@@ -63,7 +69,7 @@ def budget(request: AskLike, settings: GatewaySettings, call_remaining: float | 
     else:
         value = s.ask_timeout
     if call_remaining is not None:
-        value = min(value, call_remaining)
+        value = min(value, room_before_cut(call_remaining))
     return value
 
 

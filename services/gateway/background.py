@@ -12,7 +12,8 @@ A job's own errors are its runner's to handle; anything else it raises is logged
 the worker goes on, since the answer it followed has gone out already. Stopping the
 gateway drains the queue within a timeout, then cancels the workers.
 
-A job runs in the context it was submitted from (``contextvars``), so its spans and log
+A job runs in the context it was submitted from (``contextvars``), less the call's
+deadline (``call_deadline.context_past_the_call``), so its spans and log
 lines belong to the call it follows, not to whichever call happened to start the workers.
 """
 
@@ -26,6 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from services.common.call_deadline import context_past_the_call
 from services.common.logs import context_of_no_call
 from services.common.tasks import cancel_and_wait
 
@@ -70,7 +72,9 @@ class WorkQueue(Generic[J]):
         queue = self._jobs.get(tenant)
         if queue is not None and len(queue) >= self._per_tenant:
             return False
-        self._jobs.setdefault(tenant, deque()).append((job, contextvars.copy_context()))
+        # The job runs in its call's context (its lines hide that caller's key), less the
+        # call's deadline: the job outlives the call, and no cutoff of its must bound it.
+        self._jobs.setdefault(tenant, deque()).append((job, context_past_the_call()))
         self._ready.put_nowait(None)
         if not self._workers:  # started by the first job: they need a running loop
             # In a context of no call: a worker outlives the call that started it, and

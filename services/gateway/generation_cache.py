@@ -55,6 +55,7 @@ from google.protobuf import duration_pb2
 from redis.commands.core import AsyncScript
 
 from services.common import redis_errors
+from services.common.call_deadline import context_past_the_call
 from services.common.errors import InvalidArgument, out_of_range, seconds_text
 from services.common.logs import ThrottledWarning
 from services.common.quotas import lua_script
@@ -347,7 +348,10 @@ class GenerationCache:
         charged)."""
         if self._redis is None or not _storable(result) or ttl <= 0:
             return
-        task = asyncio.ensure_future(self.put(scope, key, result, ttl))
+        # It may go on past the call: the call's deadline (its cutoff) is not the store's.
+        task = asyncio.create_task(
+            self.put(scope, key, result, ttl), context=context_past_the_call()
+        )
         self._stores.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._stores.discard)
         with contextlib.suppress(TimeoutError):

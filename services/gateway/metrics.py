@@ -39,6 +39,15 @@ SUMMARY_FOLDS = Counter(
     "off, while it ran).",
     ["outcome"],
 )
+SUMMARY_READ_FALLBACKS = Counter(
+    "gensearch_gateway_summary_read_fallbacks_total",
+    "Rolling-summary folds that read their turns newest first from the newest turn, as "
+    "before ListInteractions' oldest_first and after_interaction_id, because memory's "
+    "replicas are of two versions (mid-upgrade): order_ignored (memory listed newest "
+    "first though asked oldest first), page_token_refused (a replica refused another "
+    "version's page token). Counted beside the fold's outcome.",
+    ["reason"],
+)
 SUMMARY_TOKENS = Counter(
     "gensearch_gateway_summary_tokens_total",
     "LLM tokens spent on rolling summaries, prompt and completion.",

@@ -15,7 +15,9 @@ A fold takes the oldest pending turns first, at most ``summary_max_read_turns`` 
 memory counts every turn up to the last one folded as summarised, so a turn it skipped
 would never be in the summary (``_unsummarised``). It reads those turns alone (memory's
 ListInteractions oldest first, after the summary's end), so a long backlog costs each
-fold no more reads than a short one.
+fold no more reads than a short one. Mid-upgrade (a memory older than those fields, or
+replicas of two versions refusing each other's page tokens) a fold reads as before them:
+newest first from the newest turn, counted in ``SUMMARY_READ_FALLBACKS``.
 
 Before each LLM call the fold asks memory whether the summary it will write fits the
 owner's storage (CheckStorage with ``summary``: the accounting UpdateConversationSummary
@@ -40,7 +42,12 @@ from services.gateway.background import WorkQueue
 from services.gateway.clients import Caller, GenerationClient, MemoryClient
 from services.gateway.conversation import SYSTEM, USER, Turn
 from services.gateway.generator import Options, complete
-from services.gateway.metrics import SUMMARY_FOLDS, SUMMARY_QUEUE, SUMMARY_TOKENS
+from services.gateway.metrics import (
+    SUMMARY_FOLDS,
+    SUMMARY_QUEUE,
+    SUMMARY_READ_FALLBACKS,
+    SUMMARY_TOKENS,
+)
 from services.gateway.settings import GatewaySettings
 from services.gateway.tokens import Tokenizer
 
@@ -108,12 +115,25 @@ def _skipped(err: ServiceError) -> bool:
     otherwise (the caller counts its failure). Every memory refusal reaches the fold as a
     ``ServiceError`` (the client maps each gRPC status), so none is logged with a
     traceback."""
-    why = _SKIPPED.get(err.reason)
+    return _skip(err.reason)
+
+
+def _skip(reason: str) -> bool:
+    """``_skipped`` for a ``reason`` memory answered or the fold read itself."""
+    why = _SKIPPED.get(reason)
     if why is None:
         return False
     SUMMARY_FOLDS.labels("skipped").inc()
-    log.info(f"summary fold skipped: {why}", extra={"reason": err.reason})
+    log.info(f"summary fold skipped: {why}", extra={"reason": reason})
     return True
+
+
+# Memory's refusal of a page token (services/memory/page_token.py). Mid-upgrade, replicas
+# of two versions serve one list's pages: an older one refuses a token of a list read
+# oldest first or after a position (a list it does not know), a newer one refuses an older
+# one's token for such a list. A plain listing (newest first, no position) has the same
+# token in both versions, so the fold reads that way instead (``_unsummarised``).
+_TOKEN_REFUSED = "INVALID_PAGE_TOKEN"
 
 
 class Summarizer:
@@ -183,6 +203,8 @@ class Summarizer:
         # Deleted or expired meanwhile (skipped), or memory away (failed): counted in _run.
         conversation = await self._memory.get_conversation(job.conversation_id, job.caller, timeout)
         if conversation.summary_disabled:
+            # Turned off since the turn that queued this job (queued only with it on).
+            _skip("SUMMARY_DISABLED")
             return
         summary = conversation.summary.text
         through = conversation.summary.through_interaction_id
@@ -283,12 +305,31 @@ class Summarizer:
         fold used to read the conversation newest first down to ``through``: every turn of
         a backlog, on every turn's fold until it caught up (a long one could outlast
         ``summary_timeout`` and never advance). A memory that does not list oldest first
-        (older than the field, mid-upgrade) gets that walk still (``_walk_down``)."""
-        newest, pending = await self._newest_pending(job, through, keep)
-        if newest is None:
-            return []
-        if pending is None:
-            pending = await self._oldest_pending(job, through, newest)
+        (older than the field, mid-upgrade) gets that walk still (``_walk_down``), and so
+        does one whose replicas are of two versions and refuse each other's page tokens
+        (``_TOKEN_REFUSED``): the fold then reads as before the fields, from the start
+        (counted, an INFO line: a normal step of an upgrade, not a failure)."""
+        try:
+            newest, pending = await self._newest_pending(job, through, keep)
+            if newest is None:
+                return []
+            if pending is None:
+                pending = await self._oldest_pending(job, through, newest)
+                if pending is None:
+                    SUMMARY_READ_FALLBACKS.labels("order_ignored").inc()
+        except ServiceError as err:
+            if err.reason != _TOKEN_REFUSED:
+                raise
+            SUMMARY_READ_FALLBACKS.labels("page_token_refused").inc()
+            log.info(
+                "summary fold: memory refused the page token of another version (replicas "
+                "of two versions, mid-upgrade); reading newest first, as before",
+                extra={"reason": err.reason},
+            )
+            # Refused again (replicas with different page-token secrets, say): a failure.
+            newest, pending = await self._newest_pending(job, through, keep, plain=True)
+            if newest is None:
+                return []
         if pending is None:
             pending = await self._walk_down(job, through, newest)
         return pending
@@ -309,20 +350,22 @@ class Summarizer:
         )
 
     async def _newest_pending(
-        self, job: FoldJob, through: str, keep: int
+        self, job: FoldJob, through: str, keep: int, plain: bool = False
     ) -> tuple[str | None, list[Turn] | None]:
         """The id of the newest turn newer than ``through`` that the next prompt will not
         carry (None: every such turn is kept), newest first the first turn past the
         ``keep`` newest or past ``job.keep_tokens``; and, when the read that found it
         reached ``through`` (or the first turn), the oldest ``summary_max_read_turns``
-        pending turns it holds, oldest first (None: more lie beyond it)."""
+        pending turns it holds, oldest first (None: more lie beyond it). ``plain``: read
+        as a memory older than after_interaction_id lists, from the newest turn."""
         limit = self._s.summary_max_read_turns
         kept = used = 0
         token = ""
         while True:
             # The turns still to keep, the first not kept, and as many pending as a fold
             # takes: a backlog that short is read whole here.
-            page = await self._list(job, token, through, min(_PAGE, keep - kept + 1 + limit))
+            size = min(_PAGE, keep - kept + 1 + limit)
+            page = await self._list(job, token, "" if plain else through, size)
             turns = [i for i in page.interactions if not through or i.interaction_id > through]
             # A memory without the bound lists on past ``through``: that is its end too.
             whole = not page.next_page_token or len(turns) < len(page.interactions)
@@ -366,11 +409,12 @@ class Summarizer:
     async def _walk_down(self, job: FoldJob, through: str, newest: str) -> list[Turn]:
         """``_oldest_pending`` for a memory that lists newest first only: newest first down
         to ``through`` (or the conversation's first turn), holding the oldest
-        ``summary_max_read_turns`` turns up to ``newest``."""
+        ``summary_max_read_turns`` turns up to ``newest``. A plain listing, with no
+        position: the one whose page tokens replicas of either version take."""
         oldest: deque[Turn] = deque(maxlen=self._s.summary_max_read_turns)
         token = ""
         while True:
-            page = await self._list(job, token, through)
+            page = await self._list(job, token, "")
             for i in page.interactions:
                 if through and i.interaction_id <= through:
                     return list(reversed(oldest))

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import math
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format, struct_pb2
 
+from services.common.call_deadline import context_past_the_call
 from services.common.control_chars import without_controls
 from services.common.errors import Aborted, InvalidArgument, ServiceError
 from services.common.well_known import struct
@@ -304,9 +305,10 @@ async def cleaned_up() -> None:
         await asyncio.wait(running)
 
 
-def _in_background(work: Awaitable[None]) -> asyncio.Future[None]:
-    """``work`` runs to its end whoever awaited it (a reference is kept meanwhile)."""
-    task = asyncio.ensure_future(work)
+def _in_background(work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """``work`` runs to its end whoever awaited it (a reference is kept meanwhile), past
+    the call that started it: the call's deadline (its cutoff) is not its own."""
+    task = asyncio.create_task(work, context=context_past_the_call())
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
     return task

@@ -40,11 +40,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
+from services.common.call_deadline import context_past_the_call
 from services.common.errors import NotFound, ServiceError, Unavailable
 from services.common.logs import ThrottledWarning
 from services.common.tasks import cancel_and_wait
@@ -53,6 +54,8 @@ from services.memory.search_index import InteractionIndex
 from services.memory.store import MISSED_BATCH, MemoryStore, Owner
 
 log = logging.getLogger("gensearch.memory.indexer")
+
+T = TypeVar("T")
 
 _INDEX = "index"
 _DROP_INTERACTION = "drop-interaction"
@@ -177,10 +180,17 @@ class Indexer:
         return WriteAhead(self, owner)
 
     def _start_ahead(self, job: list[str]) -> asyncio.Task[bool | None]:
-        ahead = asyncio.get_running_loop().create_task(self._write_ahead(job))
-        self._tasks.add(ahead)
-        ahead.add_done_callback(self._tasks.discard)
-        return ahead
+        return self._outliving(self._write_ahead(job))
+
+    def _outliving(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``work`` as a task of its own, held until done (``idle``, ``close``), run past
+        the call that started it: that call's deadline (its cutoff, which a task copies
+        with its creator's context) is not the job's, and the store's wait for a slot
+        move would give up at once once it had passed."""
+        task = asyncio.get_running_loop().create_task(work, context=context_past_the_call())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def stored(
         self, owner: Owner, interaction: pb.Interaction, ahead: WriteAhead | None = None
@@ -227,8 +237,7 @@ class Indexer:
             if await task:
                 await self._done_ahead(job)
 
-        self._tasks.add(out := asyncio.get_running_loop().create_task(take_out()))
-        out.add_done_callback(self._tasks.discard)
+        self._outliving(take_out())
 
     async def _write_ahead(self, job: list[str]) -> bool | None:
         """Puts ``job`` in the outbox, due a retry period from now: True queued, False
@@ -281,10 +290,7 @@ class Indexer:
         async def gone() -> bool:
             return True
 
-        dropping = self.dropping(owner, gone, iid=iid, reserve=False)
-        task = asyncio.get_running_loop().create_task(dropping)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._outliving(self.dropping(owner, gone, iid=iid, reserve=False))
 
     async def _deleting(
         self, owner: Owner, *, cid: str = "", iid: str = "", reserve: bool
@@ -300,10 +306,7 @@ class Indexer:
         return DropAhead(job, _queued(added), started, added == 1, reserve)
 
     def _start_drop_ahead(self, job: list[str], reserve: bool) -> asyncio.Task[int | None]:
-        ahead = asyncio.get_running_loop().create_task(self._write_drop_ahead(job, reserve))
-        self._tasks.add(ahead)
-        ahead.add_done_callback(self._tasks.discard)
-        return ahead
+        return self._outliving(self._write_drop_ahead(job, reserve))
 
     async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
         """``_write_ahead`` of a drop job, answering as ``_add`` (2: it was there already,
@@ -338,9 +341,7 @@ class Indexer:
         its drop (a client retrying it finds NOT_FOUND, a resume finds it done), and
         taking it out lost that drop."""
         if ahead.queued and ahead.fresh:
-            out = asyncio.get_running_loop().create_task(self._done_ahead(ahead.job))
-            self._tasks.add(out)
-            out.add_done_callback(self._tasks.discard)
+            self._outliving(self._done_ahead(ahead.job))
 
     def _spawn(
         self, job: list[str], interaction: pb.Interaction | None = None, ahead: bool | None = None
@@ -359,9 +360,7 @@ class Indexer:
             coroutine = self._run(job, interaction, ahead)
             self._running[tenant] = running + 1
             self._running_total += 1
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._outliving(coroutine)
 
     async def _run(
         self, job: list[str], interaction: pb.Interaction | None, ahead: bool | None = None

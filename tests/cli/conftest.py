@@ -30,11 +30,14 @@ from services.common.redis_client import connect
 from services.gateway import __main__ as gateway_main
 from services.gateway.settings import GatewaySettings
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_patience import patient_redis_env
 
 T = TypeVar("T")
 
-# Every port free, metrics too: tests must not collide with a running stack.
-FREE_PORTS = {
+# The environment a test's `gensearch up` stack starts in. Every port free, metrics too:
+# tests must not collide with a running stack. Redis gets the test patience
+# (tests/support/redis_patience.py): the services fail open on a late reply.
+STACK_ENV = {
     "GENSEARCH_MEMORY_PORT": "0",
     "GENSEARCH_RETRIEVAL_PORT": "0",
     "GENSEARCH_GENERATION_PORT": "0",
@@ -42,6 +45,7 @@ FREE_PORTS = {
     "GENSEARCH_MEMORY_METRICS_PORT": "0",
     "GENSEARCH_RETRIEVAL_METRICS_PORT": "0",
     "GENSEARCH_GENERATION_METRICS_PORT": "0",
+    **patient_redis_env(),
 }
 
 
@@ -107,7 +111,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     # The ollama preset at the fake too: a second endpoint for fallback chains (one
     # repeating the primary's is refused, DUPLICATE_FALLBACK).
     env = {
-        **FREE_PORTS,
+        **STACK_ENV,
         FALLBACK_BASE_URL: fake.base_url,
         ALLOWED_HOSTS: f"http://127.0.0.1:{own_llm.port}",
     }

@@ -9,10 +9,12 @@ import io
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 
 from services.cli import stack as stack_mod
 from services.cli.__main__ import build_parser
+from services.generation.fallback import FALLBACK_CODES
 
 ENV_DEFAULTS = sorted(
     set(re.findall(r'env(?:_int)?\("(GENSEARCH_\w+)"', inspect.getsource(stack_mod.add_arguments)))
@@ -122,3 +124,27 @@ def test_every_global_option_is_in_docs_cli() -> None:
     assert "--api-key" in options, options  # the help's entries were found
     missing = [o for o in options if not re.search(rf"(?<![\w-]){o}(?![\w-])", text)]
     assert not missing, missing
+
+
+# What a user reads for each status that moves a hit to the next pair of a chain
+# (services/generation/fallback.py: a 5xx and a failed connection are UNAVAILABLE, a 429
+# retried past the pair's time is RESOURCE_EXHAUSTED).
+FALLBACK_WORDS = {
+    grpc.StatusCode.UNAVAILABLE: ("5xx", "connection"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: ("timeout",),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ("429",),
+}
+
+
+@pytest.mark.parametrize("command", ["search", "generate", "ask"])
+def test_the_fallback_help_names_every_failure_that_moves_on(command: str) -> None:
+    # Before: "tried in order when the primary fails with a 5xx or a timeout", while a
+    # primary that cannot be reached (a refused connection) or keeps answering 429 moves
+    # on too: a user reading it kept an unreachable provider out of the chain's reasons.
+    assert set(FALLBACK_WORDS) == FALLBACK_CODES
+    text = " ".join(subcommand_help(command).split())
+    entry = text[text.index("--fallback PROVIDER[/MODEL] ") :]
+    entry = entry[: entry.find(" --", len("--fallback"))]
+    for words in FALLBACK_WORDS.values():
+        for word in words:
+            assert word in entry, (word, entry)

@@ -16,7 +16,7 @@ from gensearch.client import AsyncGensearch
 from services.cli import stack as stack_mod
 from services.cli.client import check_health
 from services.devlaunch.redis_server import RedisProcess
-from tests.cli.conftest import FREE_PORTS, RunningStack, up_args
+from tests.cli.conftest import STACK_ENV, RunningStack, up_args
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.network import has_ipv6_loopback
 
@@ -34,7 +34,7 @@ async def test_external_redis_qdrant_and_llm(
             llm_base_url=fake.base_url,
             llm_model="served-model",
         )
-        with mock.patch.dict(os.environ, FREE_PORTS):
+        with mock.patch.dict(os.environ, STACK_ENV):
             stack = await stack_mod.start(args)
         try:
             out = capsys.readouterr().out
@@ -83,7 +83,7 @@ def test_a_busy_port_is_one_line_before_anything_starts(
 ) -> None:
     from services.cli.__main__ import main
 
-    with socket.socket() as taken, mock.patch.dict(os.environ, FREE_PORTS):
+    with socket.socket() as taken, mock.patch.dict(os.environ, STACK_ENV):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -209,7 +209,7 @@ def test_a_malformed_api_key_is_one_plain_line_before_anything_starts(
 ) -> None:
     from services.cli.__main__ import main
 
-    env = {**FREE_PORTS, "GENSEARCH_API_KEYS": "alice:key-one,bob-without-a-key"}
+    env = {**STACK_ENV, "GENSEARCH_API_KEYS": "alice:key-one,bob-without-a-key"}
     with mock.patch.dict(os.environ, env):
         code = main(["up", "--data-dir", str(tmp_path / "data"), "--port", "0"])
     captured = capsys.readouterr()
@@ -261,7 +261,7 @@ async def test_up_on_ipv6_loopback(
             llm_provider="vllm",
             llm_base_url=fake.base_url,
         )
-        with mock.patch.dict(os.environ, FREE_PORTS):
+        with mock.patch.dict(os.environ, STACK_ENV):
             stack = await stack_mod.start(args)
         try:
             for part in stack.parts.values():
@@ -341,7 +341,7 @@ async def test_an_invalid_setting_reads_as_when_a_service_runs_alone(
     # across settings came out as ": redis_cluster needs redis_url", naming no variable.
     args = up_args(tmp_path / "data", host=variables.get("GENSEARCH_HOST", "127.0.0.1"))
     with (
-        mock.patch.dict(os.environ, {**FREE_PORTS, **variables}),
+        mock.patch.dict(os.environ, {**STACK_ENV, **variables}),
         pytest.raises(stack_mod.CliError) as err,
     ):
         await stack_mod.start(args)
@@ -374,7 +374,7 @@ async def test_a_bad_llm_option_names_the_option_before_anything_starts(
     (provider 'local'): …" (a variable nobody set) and "ProviderError: …", the type's name
     in front, as a service alone never says."""
     args = up_args(tmp_path / "data", **overrides)
-    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+    with mock.patch.dict(os.environ, STACK_ENV), pytest.raises(stack_mod.CliError) as err:
         await stack_mod.start(args)
     assert str(err.value) == expected
 
@@ -385,7 +385,7 @@ async def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_option(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = up_args(blocker / "data")
-    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+    with mock.patch.dict(os.environ, STACK_ENV), pytest.raises(stack_mod.CliError) as err:
         await stack_mod.start(args)
     assert str(err.value) == (
         f"--data-dir (GENSEARCH_DATA_DIR) {str(blocker / 'data')!r} cannot be created: "
@@ -397,7 +397,7 @@ async def test_an_unknown_log_level_names_the_option_and_the_variable(tmp_path: 
     """It was logging's own "error: ValueError: Unknown level: 'LOUD'" (a service alone
     says "invalid setting GENSEARCH_LOG_LEVEL: must be DEBUG, …")."""
     args = up_args(tmp_path / "data", log_level="loud")
-    with mock.patch.dict(os.environ, FREE_PORTS), pytest.raises(stack_mod.CliError) as err:
+    with mock.patch.dict(os.environ, STACK_ENV), pytest.raises(stack_mod.CliError) as err:
         await stack_mod.start(args)
     assert str(err.value) == (
         "invalid setting: --log-level (GENSEARCH_LOG_LEVEL): "
@@ -417,7 +417,7 @@ def test_a_second_up_on_a_data_dir_in_use_is_one_line_before_anything_starts(
     from services.cli.__main__ import main
 
     data_dir = running_stack.data_dir
-    with mock.patch.dict(os.environ, FREE_PORTS):
+    with mock.patch.dict(os.environ, STACK_ENV):
         code = main(
             ["up", "--data-dir", str(data_dir), "--port", "0",
              "--llm-base-url", running_stack.fake.base_url]

@@ -24,7 +24,7 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as mem_grpc
 
 from services.devlaunch import llm_server
 from services.devlaunch.redis_server import find_binary
-from tests.cli.conftest import FREE_PORTS
+from tests.cli.conftest import STACK_ENV
 from tests.support.processes import alive, descendants, executable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ def with_suppress_kill(pid: int) -> None:
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     values = {
         **os.environ,
-        **FREE_PORTS,
+        **STACK_ENV,
         "GENSEARCH_STATE_DIR": str(tmp_path / "state"),
         "GENSEARCH_DEMO_LIMIT": "24",
         "GENSEARCH_DEMO_MAX_TOKENS": "40",

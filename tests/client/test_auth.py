@@ -14,12 +14,16 @@ from gensearch.client import AsyncGensearch, errors
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
+from tests.support.redis_patience import PATIENT_REDIS
 
 
 @pytest.fixture
 async def memory_address(redis_server: RedisProcess) -> AsyncIterator[str]:
     settings = MemorySettings(
-        redis_url=redis_server.url, metrics_port=None, api_keys="alice:ka,bob:kb"
+        redis_url=redis_server.url,
+        metrics_port=None,
+        api_keys="alice:ka,bob:kb",
+        **PATIENT_REDIS,  # not a Redis outage test: a reply late on a loaded machine is no error
     )
     server = await build_server(settings, port=0)
     await server.start()

@@ -29,7 +29,7 @@ from gensearch.client import Gensearch
 from services.cli import stack as stack_mod
 from services.generation.rate_buckets import Bucket
 from services.generation.settings import ProviderConfig
-from tests.cli.conftest import FREE_PORTS, LoopThread, up_args
+from tests.cli.conftest import STACK_ENV, LoopThread, up_args
 from tests.client.test_readme import README, blocks, tool
 from tests.support.fake_openai import FakeOpenAI
 
@@ -108,7 +108,7 @@ def rate_limited_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     loop.run(fake.start())
     data_dir = tmp_path_factory.mktemp("rate-limited") / "data"
     args = up_args(data_dir, llm_provider="openai", llm_base_url=fake.base_url)
-    env = {**FREE_PORTS, **readme_env, "OPENAI_API_KEY": "sk-test-rate-limited"}
+    env = {**STACK_ENV, **readme_env, "OPENAI_API_KEY": "sk-test-rate-limited"}
     # For the stack's whole life, as in the shell that ran `gensearch up`: the provider's
     # key is read from the environment at each call.
     environment = mock.patch.dict(os.environ, env)

@@ -120,6 +120,26 @@ def test_bad_files_are_refused_without_echoing_a_key(tmp_path: Path, text: str, 
     assert SECRET not in str(caught.value)
 
 
+def test_a_key_in_both_the_variable_and_the_file_names_both_entries(tmp_path: Path) -> None:
+    # The README: "a key may appear once in all", and a bad entry stops the service
+    # "with a message naming the entry". Before, a key of the file that the variable also
+    # gave was refused as "GENSEARCH_API_KEYS_FILE: this key is already given to another
+    # entry", naming neither the file's entry nor the variable's: with many keys, the
+    # operator could not tell which two lines clash.
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "keys:\n"
+        f"  - {{key: '{SECRET}-a', user: alice, tenant: acme, role: admin}}\n"
+        f"  - {{key: '{SECRET}-b', user: bob, tenant: acme, role: reader}}\n"
+    )
+    with pytest.raises(ApiKeyError) as caught:
+        load_keys(f"zed:{SECRET}-z, carol:{SECRET}-b", path)
+    message = str(caught.value)
+    assert "GENSEARCH_API_KEYS_FILE keys[1]" in message
+    assert "GENSEARCH_API_KEYS entry 1" in message
+    assert SECRET not in message
+
+
 def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ApiKeyError, match="cannot be read"):
         CommonSettings(api_keys_file=tmp_path / "absent.yaml").api_key_map()

@@ -488,10 +488,13 @@ async def test_budget_summary_eviction_and_expiry_on_a_cluster(
     assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
 
 
-async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: Any) -> None:
+async def _fold_directly(
+    stack: Stack, cid: str, keep_turns: int, queued: bool = False, **overrides: Any
+) -> None:
     """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
     its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
-    settings."""
+    settings. ``queued``: submitted to the replica's summary queue, which it drains (the
+    fold counted and logged as a worker runs it, its errors too)."""
     settings = GatewaySettings(
         **{
             "memory_addr": f"127.0.0.1:{stack.servers['memory'].port}",
@@ -506,7 +509,11 @@ async def _fold_directly(stack: Stack, cid: str, keep_turns: int, **overrides: A
     caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
     job = FoldJob(caller, cid, keep_turns, 10**6, Options("fake", "fake-model"), WINDOW, Estimate())
     try:
-        await backends.summarizer.fold(job)
+        if queued:
+            assert backends.summarizer.submit(job)
+            await backends.summarizer.drain()
+        else:
+            await backends.summarizer.fold(job)
     finally:
         await backends.clients.close()
 
@@ -723,10 +730,13 @@ async def test_a_fold_on_a_memory_that_lists_newest_first_only_still_folds_the_o
     """Mid-upgrade, a memory older than oldest_first lists newest first whatever the fold
     asks (and says nothing of the order): the fold sees it and walks down to the summary's
     end as before, so it still folds the oldest pending turns, never the newest. A guard:
-    the old fold only ever walked down."""
+    the old fold only ever walked down. Each such read is counted (order_ignored), so an
+    operator sees when an upgrade has left none: the first two folds; the third's first
+    read reached the summary's end and held the pending turns itself."""
     stack = await _stack(stack_factory)
     cid = await _conversation(stack)
     ids = await _fill(stack, cid, 12)
+    ignored = _read_fallbacks("order_ignored")
     older = _CountingMemory(older=True)
     older.target = f"127.0.0.1:{stack.servers['memory'].port}"
     async with serving(older) as address:
@@ -735,6 +745,7 @@ async def test_a_fold_on_a_memory_that_lists_newest_first_only_still_folds_the_o
             summary = (await _get(stack, cid)).summary
             assert summary.through_interaction_id == ids[through]
             assert set(_labels(summary.text)) == set(range(through + 1))
+    assert _read_fallbacks("order_ignored") - ignored == 2
 
 
 def _folds(outcome: str) -> float:
@@ -786,3 +797,101 @@ async def test_a_conversation_deleted_while_its_fold_runs_is_skipped_quietly(
     lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
     assert lines and not [r for r in lines if r.exc_info or r.levelno >= logging.WARNING]
     assert any(getattr(r, "reason", "") == reason for r in lines), lines
+
+
+def _read_fallbacks(reason: str) -> float:
+    labels = {"reason": reason}
+    return (
+        REGISTRY.get_sample_value("gensearch_gateway_summary_read_fallbacks_total", labels) or 0.0
+    )
+
+
+async def test_a_fold_that_finds_the_summary_turned_off_is_counted_skipped(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold queued while the conversation's summary was on, which finds it off at its
+    first read (turned off in between): counted ``skipped`` with one INFO line naming
+    SUMMARY_DISABLED, as when memory says so later in the fold; no model call. Before, it
+    returned without counting anything (neither outcome moved)."""
+    caplog.set_level(logging.INFO, "gensearch.gateway.summary")
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack, summary_disabled=True)
+    await _fill(stack, cid, 6)
+    skipped, failed = _folds("skipped"), _folds("failed")
+    await _fold_directly(stack, cid, 2, queued=True)
+    assert (_folds("skipped") - skipped, _folds("failed") - failed) == (1, 0)
+    assert [r for r in stack.fake.chat_requests if is_fold(r.json)] == []
+    lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
+    assert [(r.levelno, getattr(r, "reason", "")) for r in lines] == [
+        (logging.INFO, "SUMMARY_DISABLED")
+    ]
+
+
+class _TwoVersions(Relay):
+    """Memory mid-upgrade behind one address: ListInteractions' first pages answered by
+    one version, the pages after them (with a page_token) by the other. The older version
+    is the real memory sent the request without oldest_first and after_interaction_id
+    (fields it does not know, so ignores): it checks a page token as an older replica
+    does, and refuses (INVALID_ARGUMENT, INVALID_PAGE_TOKEN) a newer one's token for a
+    list read oldest first or after a position, and a newer one refuses its token for
+    such a list."""
+
+    def __init__(self, older_serves_first_pages: bool) -> None:
+        super().__init__()
+        self.older_serves_first_pages = older_serves_first_pages
+
+    def request(self, method: str, request: bytes) -> bytes:
+        if method != _LIST:
+            return request
+        asked = mem_pb.ListInteractionsRequest.FromString(request)
+        if (not asked.page_token) != self.older_serves_first_pages:
+            return request
+        asked.ClearField("oldest_first")
+        asked.ClearField("after_interaction_id")
+        return asked.SerializeToString()
+
+
+@pytest.mark.parametrize("older_serves_first_pages", [False, True], ids=["new-old", "old-new"])
+async def test_a_fold_across_two_memory_versions_reads_as_before_quietly(
+    stack_factory: StackFactory, caplog: pytest.LogCaptureFixture, older_serves_first_pages: bool
+) -> None:
+    """A rolling upgrade of memory: a fold's page token from a replica of one version
+    reaches one of the other, which refuses it (INVALID_ARGUMENT naming page_token). The
+    fold reads again as before the fields (newest first from the newest turn, tokens both
+    versions take) and folds the oldest pending turns: counted in
+    gensearch_gateway_summary_read_fallbacks_total{reason="page_token_refused"}, one INFO
+    line, no WARNING, not ``failed``. Before, the fold failed (a WARNING, counted
+    ``failed``) and every turn's fold failed the same way until the upgrade ended. Turns of
+    30 KB and 64 KiB pages: two turns a page, so every read takes more than one."""
+    caplog.set_level(logging.INFO, "gensearch.gateway.summary")
+    stack = await _stack(stack_factory, memory={"max_page_bytes": 64 * 1024})
+    cid = await _conversation(stack)
+    ids = []
+    for n in range(10):
+        made = await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input=f"q{n} " + "x " * 15_000, response="answer"
+            ),
+            metadata=ALICE,
+        )
+        ids.append(made.interaction.interaction_id)
+    failed, refused = _folds("failed"), _read_fallbacks("page_token_refused")
+    mixed = _TwoVersions(older_serves_first_pages)
+    mixed.target = f"127.0.0.1:{stack.servers['memory'].port}"
+    async with serving(mixed) as address:
+        for through in (3, 7):
+            await _fold_directly(
+                stack, cid, 2, queued=True, summary_max_read_turns=4, memory_addr=address
+            )
+            summary = (await _get(stack, cid)).summary
+            assert summary.through_interaction_id == ids[through]
+            assert set(_labels(summary.text)) == set(range(through + 1))
+    assert _folds("failed") == failed
+    # new-old: both folds' oldest-first reads went on at an older replica; old-new: the
+    # second fold's read after the summary's end went on at a newer one (the first fold's
+    # had no summary yet: a plain listing, and the older replica's oldest-first answer
+    # said newest first, read as from an older memory).
+    assert _read_fallbacks("page_token_refused") - refused == (1 if older_serves_first_pages else 2)
+    lines = [r for r in caplog.records if r.name == "gensearch.gateway.summary"]
+    assert not [r for r in lines if r.exc_info or r.levelno >= logging.WARNING], lines
+    assert any(getattr(r, "reason", "") == "INVALID_PAGE_TOKEN" for r in lines), lines

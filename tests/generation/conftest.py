@@ -4,6 +4,7 @@ service on a free port pointed at it, and (marked ``llm``) the real local model.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -14,9 +15,18 @@ import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from gensearch.generation.v1 import generation_service_pb2_grpc as pb_grpc
 
+from services.common.openai_api import OpenAIClients
+from services.common.quotas import lua_script
+from services.common.redis_client import RedisClient, connect
+from services.common.releases import Releases
 from services.common.server import GrpcServer
+from services.common.upstream_retry import RetryPolicy
 from services.devlaunch import llm_server as local_llm
+from services.devlaunch.redis_server import RedisProcess
 from services.generation.__main__ import build_server
+from services.generation.providers import make_provider
+from services.generation.providers.openai_compatible import OpenAICompatibleProvider
+from services.generation.rate_buckets import DeclaredLimits, RedisLimits
 from services.generation.settings import GenerationSettings, ProviderConfig
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis_patience import redis_timeouts
@@ -47,6 +57,48 @@ def unreached_provider(name: str = "p", **fields: Any) -> ProviderConfig:
     """A provider's config with ``fields`` (its limits) for tests that never call it: its
     base URL is a loopback port nothing listens on (discard, 9)."""
     return ProviderConfig(name=name, base_url="http://127.0.0.1:9/v1", default_model="m", **fields)
+
+
+def script_sha(name: str) -> bytes:
+    """The digest a relay sees in ``EVALSHA`` for one of the quota scripts (``name``)."""
+    return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
+
+
+@pytest.fixture
+async def limits_redis(redis_server: RedisProcess) -> AsyncIterator[RedisClient]:
+    """A client straight to the test's Redis (past any relay), with the provider's admit
+    and release scripts loaded: a client behind a relay then runs them as ``EVALSHA``
+    from its first call, which is what a relay's test waits for (``script_sha``)."""
+    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
+    try:
+        await direct.script_load(lua_script("provider_admit"))
+        await direct.script_load(lua_script("provider_release"))
+        yield direct
+    finally:
+        await direct.aclose()
+
+
+def provider_on_shared_limits(
+    config: ProviderConfig,
+    client: RedisClient,
+    releases: Releases,
+    clients: OpenAIClients | None = None,
+) -> OpenAICompatibleProvider:
+    """The provider of ``config`` with its limits shared in Redis through ``client``, its
+    releases tracked by ``releases``: the path a release test drives without a service."""
+    limits = RedisLimits(
+        client, DeclaredLimits.of(config), key_prefix="gensearch", releases=releases
+    )
+    provider = make_provider(
+        config,
+        clients=clients or OpenAIClients(),
+        retry=RetryPolicy(),
+        connect_timeout=5,
+        read_timeout=5,
+        shared_limits=limits,
+    )
+    assert isinstance(provider, OpenAICompatibleProvider)
+    return provider
 
 
 def make_settings(

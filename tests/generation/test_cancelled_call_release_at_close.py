@@ -11,48 +11,40 @@ that never waits for it ends with the release still held."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 
-from services.common.quotas import lua_script
-from services.common.redis_client import connect
+from services.common.redis_client import RedisClient
 from services.devlaunch.redis_server import RedisProcess
 from services.generation.rate_buckets import DeclaredLimits, RedisLimits, scope_of
 from services.generation.settings import ProviderConfig
-from tests.generation.conftest import StartService, fake_provider, user
+from tests.generation.conftest import StartService, fake_provider, script_sha, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.redis_relay import relaying
 from tests.support.settling import slots_left_after_settling
-
-
-def _sha(name: str) -> bytes:
-    return hashlib.sha1(lua_script(name).encode()).hexdigest().encode()
 
 
 async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
     fake: FakeOpenAI,
     start_service: StartService,
     redis_server: RedisProcess,
+    limits_redis: RedisClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="gensearch.releases")
-    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
-    await direct.script_load(lua_script("provider_admit"))
-    await direct.script_load(lua_script("provider_release"))
     config = ProviderConfig(
         name="fake", base_url=fake.base_url, default_model="fake-model", max_in_flight=1
     )
     _, _, flight_key, _ = RedisLimits(
-        direct, DeclaredLimits.of(config), key_prefix="gensearch"
+        limits_redis, DeclaredLimits.of(config), key_prefix="gensearch"
     ).keys(scope_of("fake", None))
     releasing, let_release = asyncio.Event(), asyncio.Event()
 
     async def before(args: list[bytes]) -> None:
-        if args[:2] == [b"EVALSHA", _sha("provider_release")]:
+        if args[:2] == [b"EVALSHA", script_sha("provider_release")]:
             releasing.set()
             await let_release.wait()
 
@@ -62,15 +54,14 @@ async def test_a_cancelled_calls_slot_is_freed_before_the_stop_closes_redis(
             fake.enqueue(Behaviour.hang())
             call = service.stub.Generate(pb.GenerateRequest(messages=[user("hi")]), timeout=60)
             await fake.wait_for_requests(1, timeout=30)
-            assert await direct.zcard(flight_key) == 1  # the call holds its slot
+            assert await limits_redis.zcard(flight_key) == 1  # the call holds its slot
             call.cancel()  # the client gives up: its release goes out, held
             await asyncio.wait_for(releasing.wait(), 30)
             stopping = asyncio.create_task(service.server.stop(0))
             taken = await slots_left_after_settling(
-                stopping, caplog, let_release, lambda: direct.zcard(flight_key)
+                stopping, caplog, let_release, lambda: limits_redis.zcard(flight_key)
             )
             assert taken == 0, "the stop ended with the cancelled call's slot still taken"
             assert call.cancelled() or call.code() == grpc.StatusCode.CANCELLED
     finally:
         let_release.set()
-        await direct.aclose()

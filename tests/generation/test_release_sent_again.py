@@ -6,44 +6,31 @@ tokens given back twice would let calls past the declared tokens_per_minute."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 
-from services.common.openai_api import OpenAIClients
-from services.common.quotas import lua_script
 from services.common.redis_client import connect
 from services.common.releases import Releases
-from services.common.upstream_retry import Deadline, RetryPolicy
+from services.common.upstream_retry import Deadline
 from services.devlaunch.redis_server import RedisProcess
-from services.generation.providers import make_provider
-from services.generation.providers.openai_compatible import OpenAICompatibleProvider
-from services.generation.rate_buckets import DeclaredLimits, RedisLimits
-from services.generation.settings import ProviderConfig
+from tests.generation.conftest import provider_on_shared_limits, script_sha, unreached_provider
 from tests.support.redis_relay import relaying
 
-_RELEASE = hashlib.sha1(lua_script("provider_release").encode()).hexdigest().encode()
 
-
+@pytest.mark.usefixtures("limits_redis")  # its scripts loaded: the release is an EVALSHA
 async def test_a_release_cut_in_its_call_is_sent_again_without_its_refund(
     redis_server: RedisProcess,
 ) -> None:
-    config = ProviderConfig(
-        name="p",
-        base_url="http://127.0.0.1:9/v1",
-        default_model="m",
+    config = unreached_provider(
         max_in_flight=2,
         tokens_per_minute=60_000,
         tokens_counted="used",  # the estimate corrected to the usage: a refund
     )
-    direct = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
-    await direct.script_load(lua_script("provider_admit"))
-    await direct.script_load(lua_script("provider_release"))
     refunds: list[bytes] = []
     first_held, let_first = asyncio.Event(), asyncio.Event()
 
     async def before(args: list[bytes]) -> None:
-        if args[:2] == [b"EVALSHA", _RELEASE]:
+        if args[:2] == [b"EVALSHA", script_sha("provider_release")]:
             # EVALSHA sha 2 tokens flight capacity per_ms refund call_id ttl
             refunds.append(args[7])
             if len(refunds) == 1:
@@ -54,18 +41,7 @@ async def test_a_release_cut_in_its_call_is_sent_again_without_its_refund(
         async with relaying(redis_server.url, before) as url:
             client = connect(url, cluster=False, socket_timeout=5, connect_timeout=5)
             releases = Releases()
-            limits = RedisLimits(
-                client, DeclaredLimits.of(config), key_prefix="gensearch", releases=releases
-            )
-            provider = make_provider(
-                config,
-                clients=OpenAIClients(),
-                retry=RetryPolicy(),
-                connect_timeout=5,
-                read_timeout=5,
-                shared_limits=limits,
-            )
-            assert isinstance(provider, OpenAICompatibleProvider)
+            provider = provider_on_shared_limits(config, client, releases)
             limiter = provider.limiters.get(None)
             permit = await limiter.acquire(limiter.ticket(), 500, Deadline(60))
             # The call used 100 of the 500 tokens it was charged: 400 go back.
@@ -82,4 +58,3 @@ async def test_a_release_cut_in_its_call_is_sent_again_without_its_refund(
             await client.aclose()
     finally:
         let_first.set()
-        await direct.aclose()

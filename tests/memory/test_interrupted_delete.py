@@ -7,7 +7,6 @@ of the later batches stayed in Redis for good unless the client retried the call
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -20,11 +19,9 @@ from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.store import DELETE_BATCH
-from tests.support.processes import start_serving
+from tests.support.memory_process import kill, start_memory
 from tests.support.redis_relay import relaying
 
-ROOT = Path(__file__).resolve().parents[2]
-MEMORY = "gensearch.memory.v1.MemoryService"
 TURNS = DELETE_BATCH + 20
 # A bound on the wait for the survivor's resume (every 0.2 s), not a timing assertion.
 RESUME_WAIT_ROUNDS = 300
@@ -33,21 +30,7 @@ RESUME_WAIT_ROUNDS = 300
 async def _start(
     redis_url: str, data_dir: Path, resume_seconds: str
 ) -> tuple[asyncio.subprocess.Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
-    env.update(
-        GENSEARCH_DATA_DIR=str(data_dir),
-        GENSEARCH_MEMORY_PORT="0",
-        GENSEARCH_MEMORY_METRICS_PORT="0",
-        GENSEARCH_MEMORY_REDIS_URL=redis_url,
-        GENSEARCH_MEMORY_DELETE_RESUME_SECONDS=resume_seconds,
-    )
-    return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
+    return await start_memory(data_dir, redis_url=redis_url, delete_resume_seconds=resume_seconds)
 
 
 @pytest.mark.slow
@@ -91,7 +74,7 @@ async def test_kill_9_between_the_batches_of_a_delete(
                     )
             assert ints_reads == 2  # killed between its first and second batch
         finally:
-            await _stop(dying)
+            await kill(dying)
 
     async def turn_keys() -> list[bytes]:
         return [key async for key in redis.scan_iter(match="*:int:*", count=1000)]
@@ -115,5 +98,5 @@ async def test_kill_9_between_the_batches_of_a_delete(
             listed = await stub.ListConversations(pb.ListConversationsRequest())
             assert list(listed.conversations) == []
     finally:
-        await _stop(survivor)
+        await kill(survivor)
         await redis.aclose()

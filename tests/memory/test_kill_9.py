@@ -16,24 +16,16 @@ from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 from google.protobuf import field_mask_pb2
 
-from tests.support.processes import descendants, start_serving
+from tests.support.memory_process import start_memory
+from tests.support.processes import descendants
 
-ROOT = Path(__file__).resolve().parents[2]
-MEMORY = "gensearch.memory.v1.MemoryService"
 # Longer than the retry period and a restart, far shorter than the sweep's hour.
 SEARCH_WAIT_SECONDS = 30.0
 
 
 async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
-    env.update(
-        GENSEARCH_DATA_DIR=str(data_dir),
-        GENSEARCH_MEMORY_PORT="0",
-        GENSEARCH_MEMORY_METRICS_PORT="0",
-        GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
-        GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.5",
-    )
-    return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
+    # Its own embedded Redis: the test kills that too.
+    return await start_memory(data_dir, search_index="keyword", search_retry_seconds="0.5")
 
 
 def _kill_9(pids: set[int]) -> None:

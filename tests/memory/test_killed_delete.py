@@ -29,11 +29,9 @@ from services.memory.settings import MemorySettings
 from services.memory.store import DELETE_BATCH, lua_source
 from services.retrieval.edge_store import EdgeStore
 from services.retrieval.filters import Match
-from tests.support.processes import start_serving
+from tests.support.memory_process import kill, start_memory
 from tests.support.redis_relay import relaying
 
-ROOT = Path(__file__).resolve().parents[2]
-MEMORY = "gensearch.memory.v1.MemoryService"
 OUTBOX = "gensearch:{search-outbox}:jobs"
 PENDING = "gensearch:{deletes}:pending"
 # Bounds on the waits (every 0.1 s) for the index and the drain, not timing assertions.
@@ -43,24 +41,14 @@ WAIT_ROUNDS = 600
 async def _start(
     redis_url: str, data_dir: Path, *, resume_seconds: str = "3600", outbox_jobs: int = 100_000
 ) -> tuple[asyncio.subprocess.Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
-    env.update(
-        GENSEARCH_DATA_DIR=str(data_dir),
-        GENSEARCH_MEMORY_PORT="0",
-        GENSEARCH_MEMORY_METRICS_PORT="0",
-        GENSEARCH_MEMORY_REDIS_URL=redis_url,
-        GENSEARCH_MEMORY_SEARCH_INDEX="keyword",
-        GENSEARCH_MEMORY_SEARCH_RETRY_SECONDS="0.3",
-        GENSEARCH_MEMORY_DELETE_RESUME_SECONDS=resume_seconds,
-        GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS=str(outbox_jobs),
+    return await start_memory(
+        data_dir,
+        redis_url=redis_url,
+        search_index="keyword",
+        search_retry_seconds="0.3",
+        delete_resume_seconds=resume_seconds,
+        search_outbox_max_jobs=str(outbox_jobs),
     )
-    return await start_serving("services.memory", env, service=MEMORY, cwd=ROOT)
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    await proc.wait()
 
 
 async def _indexed(data_dir: Path, field: str, values: list[str]) -> dict[str, int]:
@@ -165,7 +153,7 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
                             )
                 assert killed
             finally:
-                await _stop(dying)
+                await kill(dying)
 
         survivor, _ = await _start(redis_server.url, data, outbox_jobs=most)
         left = 1 if outbox_full else 0  # the filler, never due
@@ -179,7 +167,7 @@ async def test_a_replica_killed_right_after_a_deletion_leaves_its_drop_job(
             survivor.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(survivor.wait(), 30)
-            await _stop(survivor)
+            await kill(survivor)
 
         if not deletion_runs:
             assert await _indexed(data, "c", [cid]) == {cid: 4}
@@ -265,7 +253,7 @@ async def test_a_resume_killed_after_its_deletion_leaves_its_drop_job(
                         )
                 assert first["drained_first"] and first["ints_reads"] == 2
             finally:
-                await _stop(dying)
+                await kill(dying)
         assert await redis.zcard(OUTBOX) == 0  # the call's job: drained, not rewritten
         assert await redis.zcard(PENDING) == 1  # its mark, for a resume
 
@@ -298,7 +286,7 @@ async def test_a_resume_killed_after_its_deletion_leaves_its_drop_job(
                 assert resumed == [1]  # it deleted the last turn, and was killed
                 assert await resumer.wait() == -signal.SIGKILL
             finally:
-                await _stop(resumer)
+                await kill(resumer)
         assert [k async for k in redis.scan_iter(match="*:int:*", count=1000)] == []
 
         survivor, address = await _start(redis_server.url, data, resume_seconds="0.2")
@@ -319,7 +307,7 @@ async def test_a_resume_killed_after_its_deletion_leaves_its_drop_job(
             survivor.send_signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(survivor.wait(), 30)
-            await _stop(survivor)
+            await kill(survivor)
         assert await _indexed(data, "c", [cid]) == {cid: 0}
     finally:
         await redis.aclose()

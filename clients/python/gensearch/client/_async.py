@@ -22,7 +22,15 @@ import dataclasses
 import itertools
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -1567,6 +1575,56 @@ class Conversations:
             timeout,
         )
 
+    async def _interaction_pages(
+        self,
+        conversation_id: str,
+        *,
+        oldest_first: bool,
+        after: str,
+        page_size: int,
+        limit: int | None,
+        timeout: Timeout,
+    ) -> AsyncGenerator[builtins.list[t.Interaction], None]:
+        """ListInteractions page by page, in the memory service's order: ``oldest_first``
+        is the RPC's (from the first turn on), not ``interactions``' reversal. Each page
+        asks for at most ``page_size`` turns and no more than ``limit`` in all (None: every
+        page). A memory older than ``oldest_first`` or ``after_interaction_id`` ignores
+        it: the turns would come in the wrong order or from before ``after``, so that
+        raises ``RuntimeError`` rather than hand them out."""
+        token = ""
+        read = 0
+        while limit is None or read < limit:
+            size = page_size if limit is None else min(page_size, limit - read)
+            page = await self._t.unary(
+                self._t.memory.ListInteractions,
+                mpb.ListInteractionsRequest(
+                    conversation_id=conversation_id,
+                    page_size=size,
+                    page_token=token,
+                    oldest_first=oldest_first,
+                    after_interaction_id=after,
+                ),
+                timeout,
+            )
+            if oldest_first and page.interactions and not page.oldest_first:
+                # An older memory ignores the field and answers newest first.
+                raise RuntimeError(
+                    "the memory service lists interactions newest first only (it is older "
+                    "than ListInteractions oldest_first): use interactions(oldest_first=True)"
+                )
+            if after and any(i.interaction_id.lower() <= after.lower() for i in page.interactions):
+                # Ids sort as they were made, so a turn at or before the position means
+                # the field was ignored and the whole conversation is being listed.
+                raise RuntimeError(
+                    "the memory service ignores after_interaction_id (it is older than the "
+                    "field): read the turns and keep those newer than it"
+                )
+            read += len(page.interactions)
+            yield [t.from_proto(t.Interaction, i) for i in page.interactions]
+            token = page.next_page_token
+            if not token:
+                return
+
     async def interactions(
         self,
         conversation_id: str,
@@ -1576,42 +1634,28 @@ class Conversations:
         after_interaction_id: str = "",
         timeout: Timeout = DEFAULT,
     ) -> builtins.list[t.Interaction]:
-        """The turns, newest first (or the ``limit`` most recent; ``oldest_first`` to read).
+        """A list of the turns read newest first: all of them, or the ``limit`` newest.
 
-        ``oldest_first`` reverses the list read, so with ``limit`` it is still the
-        ``limit`` most recent turns, oldest of them first. ``after_interaction_id`` keeps
-        to the turns newer than that one (it need not exist any more: a position, such as
-        a summary's ``through_interaction_id``; a memory service older than the field
-        raises ``RuntimeError``). To read a conversation from its start, page by page in
-        the server's order, use ``iter_interactions``."""
+        ``oldest_first=True`` only reverses that list once it is read, so with ``limit``
+        it is still the ``limit`` newest turns, the oldest of them first (the end of a
+        chat, to show). It is not ListInteractions' ``oldest_first`` and never gives the
+        conversation's first turns: for those, or to page a whole conversation from its
+        start without holding it, use ``iter_interactions``. ``after_interaction_id``
+        keeps to the turns newer than that one (it need not exist any more: a position,
+        such as a summary's ``through_interaction_id``; a memory service older than the
+        field raises ``RuntimeError``)."""
         found: builtins.list[t.Interaction] = []
-        token = ""
-        _page_limit(limit)
-        while limit is None or len(found) < limit:
-            size = 100 if limit is None else min(100, limit - len(found))
-            page = await self._t.unary(
-                self._t.memory.ListInteractions,
-                mpb.ListInteractionsRequest(
-                    conversation_id=conversation_id,
-                    page_size=size,
-                    page_token=token,
-                    after_interaction_id=after_interaction_id,
-                ),
-                timeout,
-            )
-            if after_interaction_id and any(
-                i.interaction_id.lower() <= after_interaction_id.lower() for i in page.interactions
-            ):
-                # An older memory ignores the field and lists the whole conversation (ids
-                # sort as they were made): handing that out would be silently wrong.
-                raise RuntimeError(
-                    "the memory service ignores after_interaction_id (it is older than the "
-                    "field): read the turns and keep those newer than it"
-                )
-            found.extend(t.from_proto(t.Interaction, i) for i in page.interactions)
-            token = page.next_page_token
-            if not token:
-                break
+        pages = self._interaction_pages(
+            conversation_id,
+            oldest_first=False,
+            after=after_interaction_id,
+            page_size=100,
+            limit=_page_limit(limit),
+            timeout=timeout,
+        )
+        async with contextlib.aclosing(pages):
+            async for turns in pages:
+                found.extend(turns)
         if oldest_first:
             found.reverse()
         return found
@@ -1624,37 +1668,25 @@ class Conversations:
         page_size: int = 100,
         timeout: Timeout = DEFAULT,
     ) -> AsyncIterator[t.Interaction]:
-        """The turns oldest first, one page at a time in the memory service's own order
-        (ListInteractions ``oldest_first``): the whole conversation, or only the turns
-        newer than ``after_interaction_id``. Stop early with ``break``; nothing more is
-        read. Unlike ``interactions(oldest_first=True)``, which reverses the newest turns
-        it read, this starts at the first turn, so no list of the whole conversation is
-        held. A memory service older than ``oldest_first`` raises ``RuntimeError``."""
-        token = ""
-        while True:
-            page = await self._t.unary(
-                self._t.memory.ListInteractions,
-                mpb.ListInteractionsRequest(
-                    conversation_id=conversation_id,
-                    page_size=page_size,
-                    page_token=token,
-                    oldest_first=True,
-                    after_interaction_id=after_interaction_id,
-                ),
-                timeout,
-            )
-            if page.interactions and not page.oldest_first:
-                # An older memory ignores the field and answers newest first: yielding
-                # that would hand out the turns in the wrong order, silently.
-                raise RuntimeError(
-                    "the memory service lists interactions newest first only (it is older "
-                    "than ListInteractions oldest_first): use interactions(oldest_first=True)"
-                )
-            for turn in page.interactions:
-                yield t.from_proto(t.Interaction, turn)
-            token = page.next_page_token
-            if not token:
-                return
+        """The turns oldest first, from the conversation's first turn (or the first newer
+        than ``after_interaction_id``) on, one page at a time in the memory service's own
+        order (ListInteractions ``oldest_first``). Stop early with ``break``; nothing more
+        is read, and no list of the whole conversation is held. Unlike
+        ``interactions(oldest_first=True)``, which reverses the newest turns it read.
+        A memory service older than ``oldest_first`` raises ``RuntimeError``."""
+        pages = self._interaction_pages(
+            conversation_id,
+            oldest_first=True,
+            after=after_interaction_id,
+            page_size=page_size,
+            limit=None,
+            timeout=timeout,
+        )
+        # Closed with this generator (a caller's break), not left to the loop's finalizer.
+        async with contextlib.aclosing(pages):
+            async for turns in pages:
+                for turn in turns:
+                    yield turn
 
     async def get_interaction(
         self, interaction_id: str, *, timeout: Timeout = DEFAULT

@@ -217,7 +217,8 @@ class CacheDefaults:
 @dataclass
 class GenerativeConfig:
     """A collection's generative defaults; ``fallback`` its chain (at most 4 pairs), tried
-    when the primary fails with a 5xx, a timeout or retries exhausted."""
+    when the primary fails with a 5xx, a failed connection, a timeout or 429s past its
+    share of the deadline."""
 
     provider: str = ""
     model: str = ""
