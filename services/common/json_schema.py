@@ -12,8 +12,8 @@ A schema's regular expressions (``pattern``, ``patternProperties``) run on the m
 answer, which a caller can steer: ``^(a|a)+$`` against 30 ``a``s and a ``!`` backtracks for
 minutes in Python's ``re``, which holds the GIL and so would stop the whole service. They
 run on the ``regex`` package instead, which takes a timeout and releases the GIL, within a
-time budget per validation (``SchemaLimits.pattern_seconds``); answers are validated in a
-worker thread (``parse_output_async``). ``unevaluatedProperties`` beside
+time budget per validation (``SchemaLimits.pattern_seconds``); answers are validated on
+a thread tenants take turns on (``parse_output_async``). ``unevaluatedProperties`` beside
 ``patternProperties`` is refused: jsonschema matches those patterns with ``re`` internally.
 ``uniqueItems`` is checked by hashing: the library compares pairwise, quadratic in an
 answer's length. ``regex`` compiles a counted repeat by writing it out (``x{10000000}``
@@ -35,7 +35,6 @@ carries the bound (``max_…``) and the setting in its ErrorInfo metadata.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -983,10 +982,16 @@ def _checked(schema: Mapping[str, Any], field: str, limits: SchemaLimits) -> Dra
     return validator
 
 
-async def parse_output_async(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None, str]:
-    """``parse_output`` in a worker thread: a large answer or slow patterns never hold
-    the event loop."""
-    return await asyncio.to_thread(parse_output, text, schema)
+async def parse_output_async(
+    text: str, schema: OutputSchema, checks: FairExecutor
+) -> tuple[dict[str, Any] | None, str]:
+    """``parse_output`` on ``checks``' thread, tenants in turn: a large answer or slow
+    patterns never hold the event loop, and one tenant's checks never queue another's.
+    A caller picks both the schema and (through its prompt) the answer, so each of its
+    checks can run to ``validate_seconds``; on ``asyncio.to_thread`` one tenant's
+    fan-out filled the default executor's few threads, first come first served, and
+    every other tenant's answer waited behind all of its checks."""
+    return await checks.run(parse_output, text, schema)
 
 
 def parse_output(text: str, schema: OutputSchema) -> tuple[dict[str, Any] | None, str]:

@@ -80,6 +80,7 @@ async def build_server(settings: GenerationSettings, *, port: int | None = None)
     )
     server.on_stop(registry.close)
     server.on_stop(planner.schema_checks.aclose)
+    server.on_stop(planner.answer_checks.aclose)
     return server
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from services.common import shutdown_cut
 from services.common.errors import ATTEMPTS, WAIT_MS, FailedPrecondition, ServiceError
+from services.common.fair_executor import FairExecutor
 from services.common.json_schema import OutputSchema, parse_output_async
 from services.common.upstream_retry import Deadline
 from services.generation import fallback
@@ -49,6 +50,8 @@ class Plan:
     deadline: Deadline
     # Share of the time left one pair may spend while more pairs remain.
     share: float
+    # Where answers are checked against ``schema``: one thread, tenants in turn.
+    checks: FairExecutor
     schema: OutputSchema | None = None
 
 
@@ -69,6 +72,12 @@ class Event:
     delta: str = ""
     restart: bool = False
     answer: Answer | None = None
+
+
+async def _check(plan: Plan, text: str) -> tuple[dict[str, Any] | None, str]:
+    """``text`` checked against the plan's schema (there is one) on its checks' thread."""
+    assert plan.schema is not None
+    return await parse_output_async(text, plan.schema, plan.checks)
 
 
 def _corrective(request: CompletionRequest, output: str, why: str) -> CompletionRequest:
@@ -143,7 +152,7 @@ async def _generate(plan: Plan, calls: Calls) -> Answer:
     target, done = await fallback.complete(plan.chain, plan.deadline, plan.share, calls)
     if plan.schema is None:
         return Answer(target, done)
-    value, why = await parse_output_async(done.text, plan.schema)
+    value, why = await _check(plan, done.text)
     if value is not None:
         return Answer(target, done, value)
     INVALID_OUTPUTS.labels(target.provider.name, "first").inc()
@@ -155,7 +164,7 @@ async def _generate(plan: Plan, calls: Calls) -> Answer:
         calls.failed(err)
         raise
     calls.made += retry.attempts
-    value, why = await parse_output_async(retry.text, plan.schema)
+    value, why = await _check(plan, retry.text)
     if value is None:
         raise _invalid(target, why, _sum(done, retry))
     return Answer(target, _sum(done, retry), value, corrected=True)
@@ -212,7 +221,7 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
         yield Event(answer=Answer(target, done))
         return
     text = "".join(parts)
-    value, why = await parse_output_async(text, plan.schema)
+    value, why = await _check(plan, text)
     if value is not None:
         yield Event(answer=Answer(target, done, value))
         return
@@ -236,7 +245,7 @@ async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
         raise
     if retry is None:
         return
-    value, why = await parse_output_async("".join(parts), plan.schema)
+    value, why = await _check(plan, "".join(parts))
     if value is None:
         raise _invalid(target, why, _sum(done, retry))
     yield Event(answer=Answer(target, _sum(done, retry), value, corrected=True))

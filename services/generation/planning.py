@@ -47,6 +47,12 @@ class Planner:
     schema_checks: FairExecutor = dataclasses.field(
         default_factory=lambda: FairExecutor(thread_name_prefix="schema-check")
     )
+    # Where answers are checked against their schema, tenants in turn (json_schema's
+    # parse_output_async): apart from the schemas' own checks, so a new schema's check
+    # never waits for answers, nor an answer for a new schema.
+    answer_checks: FairExecutor = dataclasses.field(
+        default_factory=lambda: FairExecutor(thread_name_prefix="answer-check")
+    )
 
     async def plan(
         self,
@@ -119,6 +125,7 @@ class Planner:
             chain=chain,
             deadline=Deadline(exchange_seconds(time_remaining, self.default_timeout)),
             share=self.fallback_share,
+            checks=self.answer_checks,
             schema=None if fmt is None else fmt[1],
         )
 
