@@ -9,6 +9,7 @@ looks anything up.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Iterable
 
 # difflib's default: a third of the letters may differ ("yeer" -> "year", "titel" ->
@@ -17,13 +18,24 @@ _CUTOFF = 0.6
 # Longer than any property name can be (64 characters): nothing is close enough to it,
 # and difflib's work grows with the length of what it compares.
 _MAX_CHARS = 128
+# Known names compared at most; among more, nothing is suggested. A collection holds 256
+# by default (retrieval's MAX_PROPERTIES), but a caller's inline objects
+# (GenerateOnObjects without a collection) may name ~190,000 within the request's 4 MiB,
+# each of them a caller could make close enough for difflib's full comparison: 5.8 s of
+# the gateway's event loop for one refusal. A constant: it refuses nothing.
+MAX_KNOWN = 1000
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known name closest to ``name``, or None when none is close."""
+    """The known name closest to ``name``, or None when none is close (or when there are
+    more than ``MAX_KNOWN`` known names)."""
     if not name or len(name) > _MAX_CHARS:
         return None
-    found = difflib.get_close_matches(name, [k for k in known if k != name], n=1, cutoff=_CUTOFF)
+    head = list(itertools.islice(known, MAX_KNOWN + 1))
+    if len(head) > MAX_KNOWN:
+        return None
+    candidates = [k for k in head if k != name]
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=_CUTOFF)
     return found[0] if found else None
 
 

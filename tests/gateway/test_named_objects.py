@@ -14,6 +14,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
 
 from services.common.property_types import ObjectInvalid, coerce_value
+from services.common.suggest import MAX_KNOWN
 from services.devlaunch.redis_server import RedisProcess
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, retrieval_calls
 from tests.support.rpc import error_info
@@ -464,3 +465,32 @@ async def test_inline_objects_without_a_collection_refuse_an_unknown_return_prop
     request.return_properties[:] = ["c"]
     response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
     assert len(response.hits) == 2
+
+
+async def test_inline_objects_naming_many_properties_are_refused_at_a_bounded_cost(
+    stack: Stack,
+) -> None:
+    # Without a collection the inline objects' own names are what a template may name:
+    # a refusal suggested the closest of all of them (difflib over every name, ~190,000
+    # within the request's bound, 5.8 s of the event loop when each is made close) and
+    # listed them all, sorted. Now: no suggestion among more than a collection could
+    # hold, and the first names listed with their count.
+    names = [f"p{i:04d}" for i in range(MAX_KNOWN)]
+    objects = [{"titel": "Dune", **dict.fromkeys(names, 1)}]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(
+            inline(objects, single_prompt="About {title}"), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("UNKNOWN_PROPERTY", "generate.single_prompt")
+    assert "suggestion" not in info.metadata
+    details = caught.value.details() or ""
+    assert f"({MAX_KNOWN + 1} in all)" in details, details
+    # A few names still get their suggestion.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(
+            inline([{"titel": "Dune", "year": 1965}], single_prompt="About {title}"),
+            metadata=ALICE,
+        )
+    assert error_info(caught.value).metadata["suggestion"] == "titel"
