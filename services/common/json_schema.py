@@ -708,12 +708,32 @@ def format_name(name: str, field: str) -> str:
     return name
 
 
-def schema_data(schema: struct_pb2.Struct, field: str) -> dict[str, Any]:
+# Serialized bytes a Struct takes per character of its JSON, at most: a number in a list
+# takes 11 bytes and ``0,`` two characters (5.5); strings, keys, nesting take fewer (a
+# nesting level's two length prefixes grow past one byte only around 128 bytes of
+# content). So a Struct of more than this many times ``max_chars`` bytes is surely more
+# than ``max_chars`` characters as JSON.
+_MAX_BYTES_PER_CHAR = 8
+
+
+def schema_data(schema: struct_pb2.Struct, field: str, limits: SchemaLimits) -> dict[str, Any]:
     """A schema sent as a ``Struct``, as JSON data. A NaN or ±Infinity in it (a Struct
     holds them, JSON does not: ``json_format`` raised ``ValueError``, an INTERNAL) is
     INVALID_ARGUMENT / NUMBER_NOT_FINITE naming where (``….json_schema.properties.x.maximum``).
-    Depth is ``check_schema``'s to bound, with its own message; protobuf's parser already
-    stops a Struct far short of what this walk or ``MessageToDict`` could not handle."""
+    One surely past ``limits.max_chars`` is refused by its serialized size first, before
+    it is read: reading a 3 MB one (within a request's bound) took 1.4 s of the event loop
+    before ``check_schema`` refused it. Depth is ``check_schema``'s to bound, with its own
+    message; protobuf's parser already stops a Struct far short of what this walk or
+    ``MessageToDict`` could not handle."""
+    size = schema.ByteSize()
+    if size > _MAX_BYTES_PER_CHAR * limits.max_chars:
+        raise InvalidArgument(
+            f"the schema is {size} bytes serialized, more than {limits.max_chars} characters "
+            "as JSON; at most that many are allowed",
+            field=field,
+            reason=INVALID_SCHEMA,
+            metadata=_bound("max_chars", limits.max_chars, "MAX_SCHEMA_CHARS", limits),
+        )
     check_value(schema, field, max_depth=_UNBOUNDED_DEPTH)
     data: dict[str, Any] = json_format.MessageToDict(schema)
     return data

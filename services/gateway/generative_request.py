@@ -145,11 +145,9 @@ async def check_response_format(
     service), its metaschema check on ``schema_checks``' thread, tenants in turn."""
     if g.HasField("response_format"):
         field = "generate.response_format.json_schema"
+        limits = s.schema_limits()
         await check_schema_fairly(
-            schema_data(g.response_format.json_schema, field),
-            field,
-            s.schema_limits(),
-            schema_checks,
+            schema_data(g.response_format.json_schema, field, limits), field, limits, schema_checks
         )
 
 

@@ -136,7 +136,7 @@ async def response_format(
     fmt = msg.response_format
     name = format_name(fmt.name, "response_format.name")
     field = "response_format.json_schema"
-    schema = schema_data(fmt.json_schema, field)
+    schema = schema_data(fmt.json_schema, field, limits.schema)
     output = await check_schema_fairly(schema, field, limits.schema, schema_checks)
     strict = fmt.strict if fmt.HasField("strict") else None
     return JsonSchemaFormat(name=name, schema=schema, strict=strict), output

@@ -1098,3 +1098,26 @@ async def test_model_name_and_url_bounds_are_settings_the_refusal_names(
         f"GENSEARCH_GATEWAY_{setting.upper()}",
     )
     assert stack.fake.chat_requests == []
+
+
+async def test_a_schema_far_past_its_bound_is_refused_before_it_is_read(stack: Stack) -> None:
+    # A 3 MB schema (within the request's bound) was read whole into Python on the event
+    # loop before its size was checked: 1.4 s, every other call stalled. Its serialized
+    # size now refuses it first: the infinity at its end, found by reading it, is not
+    # what the refusal names.
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "enum": [{"a": i} for i in range(150_000)]})
+    schema.fields["enum"].list_value.values.add().number_value = float("inf")
+    fmt = gen_pb.ResponseFormat(name="t", json_schema=schema)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}", response_format=fmt), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "generate.response_format.json_schema",
+    )
+    assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_SCHEMA_CHARS"
+    assert stack.fake.chat_requests == []

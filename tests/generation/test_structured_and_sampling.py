@@ -622,3 +622,29 @@ async def test_a_redirect_from_a_callers_base_url_is_not_followed_and_names_it(
         assert elsewhere.requests == []
         assert len(theirs.chat_requests) == 2
     assert fake.requests == []
+
+
+async def test_a_schema_far_past_its_bound_is_refused_before_it_is_read(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    # A 3 MB schema (within the request's bound) was read whole into Python before its
+    # size was checked: 1.4 s of the event loop, every other call stalled, for each such
+    # request. Now its serialized size refuses it first, so nothing in it is read: the
+    # infinity at its end, which reading it finds, is not what the refusal names.
+    schema = struct({"type": "object", "enum": [{"a": i} for i in range(150_000)]})
+    schema.fields["enum"].list_value.values.add().number_value = float("inf")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Generate(
+            pb.GenerateRequest(
+                messages=[user("hi")], response_format=pb.ResponseFormat(json_schema=schema)
+            ),
+            timeout=30,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "response_format.json_schema",
+    )
+    assert info.metadata["setting"] == "GENSEARCH_GENERATION_MAX_SCHEMA_CHARS"
+    assert fake.chat_requests == []
