@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 
 from tests.gateway.conftest import (
@@ -21,16 +22,38 @@ from tests.support.fake_openai import Behaviour
 
 
 async def test_stream_order_and_tagging(stack: Stack) -> None:
+    """Per-hit results come in the order their generations complete, each tagged with its
+    hit. The test decides that order: every answer is held until the test releases it, the
+    first request to arrive last, and the next only once the client has read the result
+    before it. (Latencies of 0.3, 0.2, 0.1 and 0 s made it before: requests that arrived
+    about 0.1 s apart on a loaded host finished together, and the fake's finishing order
+    was not the order the gateway saw.)"""
     await create_books(stack, books=WITH_BODY)
-    # The first requests to arrive answer last: completion order differs from hit order.
-    stack.fake.enqueue(*(Behaviour.ok(latency=0.3 - 0.1 * i) for i in range(4)))
-    events = [
-        e
-        async for e in stack.stub.StreamGenerativeSearch(
-            books_stream_search(single_prompt="Title: {title}", grouped_task="Compare"),
-            metadata=ALICE,
-        )
-    ]
+    releases = [asyncio.Event() for _ in range(5)]  # four hits, the grouped task
+    stack.fake.enqueue(*(Behaviour.held(release) for release in releases))
+    call = stack.stub.StreamGenerativeSearch(
+        books_stream_search(single_prompt="Title: {title}", grouped_task="Compare"),
+        metadata=ALICE,
+    )
+    events = [await call.read()]
+    await _until(lambda: len(stack.fake.chat_requests) == 5)
+    # The queue hands the behaviours out in arrival order, as the requests are recorded.
+    arrived = [r.json["messages"][-1]["content"] for r in stack.fake.chat_requests]
+    per_hit = [i for i, content in enumerate(arrived) if content.startswith("Title: ")]
+    assert len(per_hit) == 4
+    released = []
+    for i in reversed(per_hit):
+        releases[i].set()
+        released.append(arrived[i])
+        # Bounded: a gateway that waited for another hit first would wait here for ever.
+        event = await asyncio.wait_for(call.read(), 60)
+        events.append(event)
+        assert event.WhichOneof("event") == "hit_result", event
+        assert event.hit_result.generation.result == arrived[i]  # the one just released
+    for release in releases:
+        release.set()  # the grouped task's
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds == ["hits"] + ["hit_result"] * 4 + ["grouped", "done"]
     hits = events[0].hits.hits
@@ -39,14 +62,7 @@ async def test_stream_order_and_tagging(stack: Stack) -> None:
     for result in results:
         title = hits[result.hit_index].properties.fields["title"].string_value
         assert result.generation.result == f"Title: {title}"  # tagged with the right hit
-    # Completion order, as the fake server finished them.
-    finished = sorted(
-        (r for r in stack.fake.chat_requests if r.json["messages"][0]["content"] != "Compare"),
-        key=lambda r: r.finished_at or 0,
-    )
-    order = [r.json["messages"][-1]["content"] for r in finished]
-    order = [c for c in order if c.startswith("Title: ")]
-    assert [r.generation.result for r in results] == order
+    assert [r.generation.result for r in results] == released
     assert events[5].grouped.result.startswith("Compare")
     usage = events[-1].done.usage
     assert usage.total_tokens == sum(r.generation.usage.total_tokens for r in results) + (

@@ -116,6 +116,8 @@ embedding requests; when the queue is empty the default (a normal answer) applie
         (no ``finish_reason``, no ``[DONE]``); for a unary request, a truncated body
     ``Behaviour.slow_stream(chunk_delay)``  a normal answer with a delay between chunks
     ``Behaviour.hang(seconds=3600)``  wait that long before answering
+    ``Behaviour.held(release)``  answer (normally) once ``release``, an ``asyncio.Event``,
+                       is set: a test decides the order answers complete in
 ``fake.enqueue(*behaviours)``, ``fake.fail_next(n, behaviour)``, ``fake.clear_queue()``.
 
 Per-model behaviours (a fallback chain names several models of one endpoint): a request
@@ -217,6 +219,7 @@ class Behaviour:
     chunk_delay: float | None = None
     usage: bool | None = None
     after_chunks: int = 2
+    release: asyncio.Event | None = None
 
     @classmethod
     def ok(
@@ -300,6 +303,10 @@ class Behaviour:
     @classmethod
     def hang(cls, seconds: float = 3600.0) -> Behaviour:
         return cls(latency=seconds)
+
+    @classmethod
+    def held(cls, release: asyncio.Event) -> Behaviour:
+        return cls(release=release)
 
 
 @dataclass
@@ -659,6 +666,8 @@ class FakeOpenAI:
                 await self.gate.wait()
             finally:
                 self.gated -= 1
+        if behaviour.release is not None:
+            await behaviour.release.wait()
         await self._wait(behaviour)
         if behaviour.kind == "reset":
             return self._abort(request)
