@@ -268,14 +268,21 @@ class Indexer:
         the resume of an interrupted deletion, a search hit found gone). A replica killed
         at any point after the deletion ran leaves the job to a drain, which drops the
         entries only if what it names is gone (``_apply``). ``deletion`` answering False
-        (the resume's: nothing it deleted) or raising NotFound: nothing to drop here.
+        (the resume's: nothing it deleted, or a conversation never deleted, whose entries
+        must stay) takes the job out; raising NotFound runs the drop all the same (what it
+        names is gone, and the job may be a racing deletion's).
         ``reserve``: the job may use the outbox's reserve for deletions (past its bounds,
         up to twice its most jobs); a search hit found gone does not (it frees nothing)."""
         ahead = await self._deleting(owner, cid=cid, iid=iid, reserve=reserve)
         try:
             done = await deletion()
         except NotFound:
-            self._not_deleted(ahead)
+            # Gone, whoever deleted it: the drop runs here all the same (of nothing, for an
+            # id that never was). The job may be a racing deletion's as well (a client's
+            # retry on another replica that found this call's job there, deleted, and was
+            # killed before its drop ran): taken out as this call's own, it was lost, and
+            # the index kept the deleted turn until the sweep.
+            await self._deleted(ahead)
             raise
         if done is False:
             self._not_deleted(ahead)
@@ -334,12 +341,13 @@ class Indexer:
         self._spawn(ahead.job, None, queued)
 
     def _not_deleted(self, ahead: DropAhead) -> None:
-        """Nothing was deleted: the job written ahead is taken out, in the background (left
-        there, a drain would only find nothing to drop; meanwhile it held a place of the
-        outbox's bounds, a tenant deleting missing ids filling its share). Only a job this
+        """Nothing was deleted (the resume's: done already, or a conversation never
+        deleted): the job written ahead is taken out, in the background (left there, a
+        drain would only find nothing to drop; meanwhile it held a place of the outbox's
+        bounds). A deletion finding nothing (NOT_FOUND) runs its drop instead
+        (``dropping``): the call may have lost a race to another. Only a job this
         write put there (``fresh``): one there already is that of a deletion killed before
-        its drop (a client retrying it finds NOT_FOUND, a resume finds it done), and
-        taking it out lost that drop."""
+        its drop (a resume finds it done), and taking it out lost that drop."""
         if ahead.queued and ahead.fresh:
             self._outliving(self._done_ahead(ahead.job))
 

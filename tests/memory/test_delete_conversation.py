@@ -602,8 +602,9 @@ async def test_a_delete_of_nothing_leaves_no_drop_job_behind(
     memory_factory: MemoryFactory, tmp_path: Path
 ) -> None:
     """A deletion's drop job is written to the outbox before the deletion runs; one that
-    found nothing to delete (NOT_FOUND) takes it out again, so deletes of missing ids do
-    not fill the outbox (its bounds are shared with the tenant's index jobs)."""
+    found nothing to delete (NOT_FOUND) runs its drop (of nothing) and takes it out, so
+    deletes of missing ids do not fill the outbox (its bounds are shared with the tenant's
+    index jobs)."""
     # No drain (retry period of an hour): only the call itself takes its job out.
     memory = await memory_factory(
         search_index="keyword", data_dir=tmp_path, search_retry_seconds=3600

@@ -13,8 +13,10 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
+from services.common.errors import NotFound
 from services.common.redis_client import connect
 from services.memory.indexer import Indexer
 from services.memory.search_index import InteractionIndex
@@ -111,3 +113,39 @@ async def test_a_deletions_drop_job_has_a_reserve_past_the_outbox_bounds(target:
         assert await add("a", deletion=True) == 2  # there already: only its due time moves
     finally:
         await store.close()
+
+
+async def test_a_delete_losing_a_race_to_another_leaves_the_turn_dropped(
+    target: Target, tmp_path: Path
+) -> None:
+    """Two DeleteInteraction of one turn at once (a client's retry on another replica while
+    its first call still runs): this call writes the drop job ahead first, the other finds
+    it there (2), deletes the turn, and its replica is killed before its drop ran. This
+    call then finds nothing (NOT_FOUND). The job is the other's too: the turn's entries
+    must still leave the index. Before, this call took the job out as one it had put there
+    for nothing (``fresh``), and the index kept the deleted turn until the sweep."""
+    async with held_indexer(target.url, tmp_path, 3600) as (store, index, indexer):
+        index.go.set()
+        cid = (await store.create_conversation(ALICE, "c")).conversation_id
+        turn = await store.create_interaction(ALICE, cid, pb.Interaction(input="quinces"), "")
+        iid = turn.interaction_id
+        await indexer.stored(ALICE, turn)
+        await indexer.idle()
+        assert await index.indexed([iid]) == {iid}
+        job = json.dumps(["drop-interaction", ALICE.tenant, ALICE.user, iid])
+
+        async def beaten_by_the_other_replica() -> str:
+            # The other replica: its write-ahead finds this call's job, its deletion runs,
+            # then it is killed (its drop never runs).
+            there = await store.outbox_add(
+                job, FAR - 1, ALICE, max_jobs=100, per_tenant=0, index=False, deletion=True
+            )
+            assert there == 2
+            await store.delete_interaction(ALICE, iid)
+            return await store.delete_interaction(ALICE, iid)  # this call's own: NOT_FOUND
+
+        with pytest.raises(NotFound):
+            await indexer.dropping(ALICE, beaten_by_the_other_replica, iid=iid)
+        await indexer.idle()
+        assert await index.indexed([iid]) == set()
+        assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox
