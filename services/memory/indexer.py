@@ -243,15 +243,7 @@ class Indexer:
         """Puts ``job`` in the outbox, due a retry period from now: True queued, False
         refused by its bounds (counted, its owner noted for the sweep), None when Redis
         did not take it (the job runs all the same, as before write-ahead)."""
-        due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
-        try:
-            return await self._queue(json.dumps(job), job, due)
-        except ServiceError as err:
-            log.warning(
-                "search index job not written ahead: a crash before it runs loses it",
-                extra={"job": job[0], "error": _describe(err)},
-            )
-            return None
+        return _queued(await self._write_drop_ahead(job, False))
 
     async def dropping(
         self,
@@ -316,8 +308,9 @@ class Indexer:
         return self._outliving(self._write_drop_ahead(job, reserve))
 
     async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
-        """``_write_ahead`` of a drop job, answering as ``_add`` (2: it was there already,
-        left by a deletion killed before its drop), or None when Redis did not take it."""
+        """``_write_ahead`` answering as ``_add`` (2: it was there already, for a drop job
+        that of a deletion killed before its drop), or None when Redis did not take it;
+        ``reserve``: a deletion's drop, which may use the outbox's reserve."""
         due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
         try:
             return await self._add(json.dumps(job), job, due, deletion=reserve)
