@@ -260,9 +260,10 @@ class Indexer:
         the resume of an interrupted deletion, a search hit found gone). A replica killed
         at any point after the deletion ran leaves the job to a drain, which drops the
         entries only if what it names is gone (``_apply``). ``deletion`` answering False
-        (the resume's: nothing it deleted, or a conversation never deleted, whose entries
-        must stay) takes the job out; raising NotFound runs the drop all the same (what it
-        names is gone, and the job may be a racing deletion's).
+        (the resume's: nothing it deleted) leaves the job to that drain; raising NotFound
+        runs the drop all the same (what it names is gone). Neither takes the job out as
+        its own: it may be a racing deletion's as well, whose replica was killed before its
+        drop ran.
         ``reserve``: the job may use the outbox's reserve for deletions (past its bounds,
         up to twice its most jobs); a search hit found gone does not (it frees nothing)."""
         ahead = await self._deleting(owner, cid=cid, iid=iid, reserve=reserve)
@@ -277,9 +278,13 @@ class Indexer:
             await self._deleted(ahead)
             raise
         if done is False:
-            self._not_deleted(ahead)
-        else:
-            await self._deleted(ahead)
+            # The resume's: nothing it deleted (done already, or a conversation never
+            # deleted). The job stays for a drain, which drops the entries only if what it
+            # names is gone: it may be a racing deletion's too (a client's retry that found
+            # it there, finished the deletion and was killed before its drop). Taken out
+            # here as the resume's own, it was lost, and the index kept every turn.
+            return done
+        await self._deleted(ahead)
         return done
 
     def drop_gone(self, owner: Owner, iid: str) -> None:
@@ -302,7 +307,7 @@ class Indexer:
         started = time.monotonic()
         # Shielded: a call cancelled meanwhile still knows whether the job is there.
         added = await asyncio.shield(self._start_drop_ahead(job, reserve))
-        return DropAhead(job, _queued(added), started, added == 1, reserve)
+        return DropAhead(job, _queued(added), started, reserve)
 
     def _start_drop_ahead(self, job: list[str], reserve: bool) -> asyncio.Task[int | None]:
         return self._outliving(self._write_drop_ahead(job, reserve))
@@ -332,17 +337,6 @@ class Indexer:
             again = self._start_drop_ahead(ahead.job, ahead.reserve)
             queued = _queued(await asyncio.shield(again))
         self._spawn(ahead.job, None, queued)
-
-    def _not_deleted(self, ahead: DropAhead) -> None:
-        """Nothing was deleted (the resume's: done already, or a conversation never
-        deleted): the job written ahead is taken out, in the background (left there, a
-        drain would only find nothing to drop; meanwhile it held a place of the outbox's
-        bounds). A deletion finding nothing (NOT_FOUND) runs its drop instead
-        (``dropping``): the call may have lost a race to another. Only a job this
-        write put there (``fresh``): one there already is that of a deletion killed before
-        its drop (a resume finds it done), and taking it out lost that drop."""
-        if ahead.queued and ahead.fresh:
-            self._outliving(self._done_ahead(ahead.job))
 
     def _spawn(
         self, job: list[str], interaction: pb.Interaction | None = None, ahead: bool | None = None
@@ -717,17 +711,13 @@ class _TurnUnreadable(Exception):
 class DropAhead:
     """A deletion's drop job written to the outbox before the deletion runs
     (``Indexer._deleting``): ``queued`` True queued, False refused by the outbox's bounds,
-    None not taken by Redis; ``fresh`` this write put it there (not there already);
-    ``started`` the time.monotonic() it was sent; ``reserve`` it may use the outbox's
-    reserve for deletions."""
+    None not taken by Redis; ``started`` the time.monotonic() it was sent; ``reserve`` it
+    may use the outbox's reserve for deletions."""
 
-    def __init__(
-        self, job: list[str], queued: bool | None, started: float, fresh: bool, reserve: bool
-    ) -> None:
+    def __init__(self, job: list[str], queued: bool | None, started: float, reserve: bool) -> None:
         self.job = job
         self.queued = queued
         self.started = started
-        self.fresh = fresh
         self.reserve = reserve
 
 

@@ -149,3 +149,44 @@ async def test_a_delete_losing_a_race_to_another_leaves_the_turn_dropped(
         await indexer.idle()
         assert await index.indexed([iid]) == set()
         assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox
+
+
+async def test_a_resume_finding_its_deletion_done_by_another_leaves_the_drop_job(
+    target: Target, tmp_path: Path
+) -> None:
+    """The resume of an interrupted DeleteConversation writes the drop job ahead first; a
+    client's retry of the call on another replica finds it there (2), finishes the
+    deletion, and is killed before its drop ran. The resume then finds nothing left (its
+    deletion answers False). The job is the other's too: the conversation's entries must
+    still leave the index, by the next drain. Before, the resume took the job out as one
+    it had put there for nothing (``fresh``), and the index kept every turn until the
+    sweep."""
+    async with held_indexer(target.url, tmp_path, 0.05) as (store, index, indexer):
+        index.go.set()
+        cid = (await store.create_conversation(ALICE, "c")).conversation_id
+        iids = []
+        for word in ("sloes", "rowans"):
+            turn = await store.create_interaction(ALICE, cid, pb.Interaction(input=word), "")
+            await indexer.stored(ALICE, turn)
+            iids.append(turn.interaction_id)
+        await indexer.idle()
+        assert await index.indexed(iids) == set(iids)
+        job = json.dumps(["drop-conversation", ALICE.tenant, ALICE.user, cid])
+
+        async def finished_by_the_other_replica() -> bool:
+            due = time.time_ns() // 1_000_000 + 50  # its retry period, as this indexer's
+            there = await store.outbox_add(
+                job, due, ALICE, max_jobs=100, per_tenant=0, index=False, deletion=True
+            )
+            assert there == 2
+            assert await store.delete_conversation(ALICE, cid)
+            made_by = time.time_ns() // 1_000_000
+            return await store.delete_conversation(ALICE, cid, finish_only=made_by)
+
+        assert await indexer.dropping(ALICE, finished_by_the_other_replica, cid=cid) is False
+        await indexer.idle()
+        await asyncio.sleep(0.1)  # the job due (a retry period of 0.05 s)
+        await asyncio.wait_for(indexer.drain(), 10)
+        await indexer.idle()
+        assert await index.indexed(iids) == set()
+        assert await store.outbox_due(FAR, 10) == []  # done: out of the outbox

@@ -10,8 +10,7 @@
 -- leaves once dropped, or at once when nothing was deleted; bounded all the same, for
 -- deletes failing on another node (a cluster's owner node down) that leave their jobs.
 -- Returns 1 when the job is queued, 2 when it was there already (it only gets its new due
--- time: a retry is never refused; a deletion's drop job written ahead tells from it that
--- the job is not its own to take out), 0 when the outbox holds its most jobs, -1 when
+-- time: a retry is never refused), 0 when the outbox holds its most jobs, -1 when
 -- the tenant holds its share. A refused index job notes its owner for the sweep's catch-up (at most
 -- as many owners as jobs); a refused drop needs nothing: the sweep removes what Redis no
 -- longer holds.
