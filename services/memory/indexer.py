@@ -70,13 +70,16 @@ MAX_RUNNING_JOBS = 256
 # A dropped job is logged at most once per this many seconds (a flood drops thousands;
 # the metric counts every one).
 _DROP_LOG_SECONDS = 60.0
+# A job the outbox refuses is not kept for a drain: one written ahead still runs from this
+# replica's memory (lost only with the replica), one a drain would retry is dropped; the
+# sweep catches up either.
 _DROPPED_FULL = (
-    "search index job dropped: the outbox is full (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS); "
-    "the sweep catches up"
+    "search index job not kept in the outbox: it is full "
+    "(GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS); the sweep catches up what it loses"
 )
 _DROPPED_SHARE = (
-    "search index job dropped: its tenant holds its share of the outbox "
-    "(GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT); the sweep catches up"
+    "search index job not kept in the outbox: its tenant holds its share "
+    "(GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT); the sweep catches up what it loses"
 )
 # How many candidates to rank per result asked for: room for stale entries the Redis check
 # drops.

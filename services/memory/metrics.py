@@ -12,7 +12,8 @@ TENANT_SHARE = "tenant_share"
 SEARCH_JOBS_DROPPED = Counter(
     "gensearch_memory_search_jobs_dropped_total",
     "Search index jobs the outbox refused (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS, "
-    "GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT): left for the sweep.",
+    "GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT): kept for no drain. One written ahead "
+    "still runs from its replica's memory; one to retry is dropped; the sweep catches up.",
     ["reason"],
 )
 
