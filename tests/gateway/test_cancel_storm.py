@@ -122,23 +122,27 @@ async def test_a_cancelled_storm_gives_every_slot_back_and_spares_other_tenants(
         return sum(task.done() for task in outcomes) == STORM - QUOTA
 
     await _until(refusals_ended, "the refusals")
-    for call in calls:
-        call.cancel()
-    counted = Counter(await asyncio.gather(*outcomes))
-    assert counted == {"refused": STORM - QUOTA, "cancelled": QUOTA}
-
     redis = connect(shared_redis.url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
 
+        async def quota_slots() -> int:
+            keys = [k async for k in redis.scan_iter(f"{prefix}:quota:*:calls")]
+            return sum([await redis.zcard(key) for key in keys])
+
         async def no_quota_slots() -> bool:
-            slots = [k async for k in redis.scan_iter(f"{prefix}:quota:*:calls")]
-            return all([await redis.zcard(key) == 0 for key in slots])
+            return await quota_slots() == 0
 
         async def nothing_held() -> bool:
             return _held() == before
 
+        assert await quota_slots() == QUOTA  # her running streams' slots, counted here
+        for call in calls:
+            call.cancel()
+        counted = Counter(await asyncio.gather(*outcomes))
+        assert counted == {"refused": STORM - QUOTA, "cancelled": QUOTA}
         await _until(no_quota_slots, "alice's concurrent-call slots")
-        await _until(nothing_held, f"calls in flight and tasks: {_held()} != {before}")
+        await _until(nothing_held, "calls in flight, waiting, or renewal tasks")
+        assert _held() == before
         # Each admitted hit is charged its one LLM call (docs: a call the caller abandoned
         # counts the one admitted), never more: hits of refused streams are not charged.
         charged = 0
