@@ -183,14 +183,25 @@ class Indexer:
         return WriteAhead(self, owner)
 
     def _start_ahead(self, job: list[str]) -> asyncio.Task[bool | None]:
-        return self._outliving(self._write_ahead(job))
+        return self._awaited(self._write_ahead(job))
 
     def _outliving(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """``work`` as a task of its own, held until done (``idle``, ``close``), run past
         the call that started it: that call's deadline (its cutoff, which a task copies
         with its creator's context) is not the job's, and the store's wait for a slot
         move would give up at once once it had passed."""
-        task = asyncio.get_running_loop().create_task(work, context=context_past_the_call())
+        return self._held(
+            asyncio.get_running_loop().create_task(work, context=context_past_the_call())
+        )
+
+    def _awaited(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """``work`` the call that starts it awaits before it answers (a write ahead), as a
+        task of its own (shielded by the call: a caller gone away still leaves it to end),
+        held until done, within that call's deadline: its wait for a slot move
+        (``_redis_waiting``) must not keep the caller past it."""
+        return self._held(asyncio.get_running_loop().create_task(work))
+
+    def _held(self, task: asyncio.Task[T]) -> asyncio.Task[T]:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -313,7 +324,7 @@ class Indexer:
         return DropAhead(job, _queued(added), started, reserve)
 
     def _start_drop_ahead(self, job: list[str], reserve: bool) -> asyncio.Task[int | None]:
-        return self._outliving(self._write_drop_ahead(job, reserve))
+        return self._awaited(self._write_drop_ahead(job, reserve))
 
     async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
         """``_write_ahead`` answering as ``_add`` (2: it was there already, for a drop job

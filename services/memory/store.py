@@ -2333,21 +2333,24 @@ class MemoryStore:
         A refused ``index`` job notes its owner for ``outbox_take_missed``. A
         ``deletion``'s drop, written ahead of it, has a reserve: refused only past twice
         ``max_jobs``, and no share applies (lua/outbox_add.lua)."""
-        out = await _redis(
+        args: list[EncodableT] = [
+            job,
+            due_ms,
+            owner.tenant,
+            json.dumps([owner.tenant, owner.user]),
+            max_jobs,
+            per_tenant,
+            2 if deletion else 1 if index else 0,
+        ]
+        # Mid-move of the outbox's slot Redis refuses this script (TRYAGAIN) for the whole
+        # move: it declares keys that often do not exist (``missed``; ``jobs`` in a quiet
+        # outbox). It waits for the move's end as the store's other writes do, within the
+        # call's deadline when a call awaits it (a write ahead).
+        out = await _redis_waiting(
             self._outage,
-            self._outbox_add(
-                keys=self._outbox_keys(),
-                args=[
-                    job,
-                    due_ms,
-                    owner.tenant,
-                    json.dumps([owner.tenant, owner.user]),
-                    max_jobs,
-                    per_tenant,
-                    2 if deletion else 1 if index else 0,
-                ],
-            ),
+            lambda: self._outbox_add(keys=self._outbox_keys(), args=args),
             key=self.outbox_key,
+            wait=self._slot_move_wait,
             write=True,
         )
         return int(out)
@@ -2361,10 +2364,11 @@ class MemoryStore:
         return [bytes(member).decode() for member in out]
 
     async def outbox_remove(self, job: str, tenant: str) -> None:
-        await _redis(
+        await _redis_waiting(
             self._outage,
-            self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant]),
+            lambda: self._outbox_remove(keys=self._outbox_keys()[:2], args=[job, tenant]),
             key=self.outbox_key,
+            wait=self._slot_move_wait,
         )
 
     async def outbox_missed_count(self) -> int:
