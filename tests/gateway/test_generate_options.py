@@ -46,6 +46,23 @@ def _schema(name: str = "", extra: dict[str, Any] | None = None) -> gen_pb.Respo
     return gen_pb.ResponseFormat(name=name, json_schema=s)
 
 
+async def _schema_refused(stack: Stack, fmt: gen_pb.ResponseFormat) -> Any:
+    """The ErrorInfo of a generative search whose ``fmt`` the gateway refuses: before any
+    search or LLM call, INVALID_ARGUMENT naming the schema's field."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}", response_format=fmt), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == (
+        "INVALID_SCHEMA",
+        "generate.response_format.json_schema",
+    )
+    assert stack.fake.chat_requests == []
+    return info
+
+
 def _title(hit: gw_pb.GenerativeHit) -> str:
     return hit.hit.properties.fields["title"].string_value
 
@@ -889,19 +906,9 @@ async def test_the_gateways_schema_pattern_bounds_are_its_settings(
     stack = await stack_factory(max_schema_class_span=30)
     await create_books(stack, books=WITH_BODY)
     fmt = _schema(extra={"properties": {"title": {"type": "string", "pattern": "[a-z][0-9]"}}})
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(
-            books_search(single_prompt="About {title}", response_format=fmt), metadata=ALICE
-        )
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "generate.response_format.json_schema",
-    )
+    info = await _schema_refused(stack, fmt)
     assert info.metadata["max_class_span"] == "30"
     assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_SCHEMA_CLASS_SPAN"
-    assert stack.fake.chat_requests == []
 
 
 async def test_a_model_of_spaces_is_refused_on_ask_too(stack: Stack) -> None:
@@ -1109,15 +1116,5 @@ async def test_a_schema_far_past_its_bound_is_refused_before_it_is_read(stack: S
     schema.update({"type": "object", "enum": [{"a": i} for i in range(150_000)]})
     schema.fields["enum"].list_value.values.add().number_value = float("inf")
     fmt = gen_pb.ResponseFormat(name="t", json_schema=schema)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stack.stub.GenerativeSearch(
-            books_search(single_prompt="About {title}", response_format=fmt), metadata=ALICE
-        )
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
-    assert (info.reason, info.metadata["field"]) == (
-        "INVALID_SCHEMA",
-        "generate.response_format.json_schema",
-    )
+    info = await _schema_refused(stack, fmt)
     assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_SCHEMA_CHARS"
-    assert stack.fake.chat_requests == []
