@@ -71,8 +71,8 @@ MAX_RUNNING_JOBS = 256
 # the metric counts every one).
 _DROP_LOG_SECONDS = 60.0
 # A job the outbox refuses is not kept for a drain: one written ahead still runs from this
-# replica's memory (lost only with the replica), one a drain would retry is dropped; the
-# sweep catches up either.
+# replica's memory when a running slot is free (``_spawn``; lost with the replica), else
+# it is dropped, as is one a drain would retry; the sweep catches up.
 _DROPPED_FULL = (
     "search index job not kept in the outbox: it is full "
     "(GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS); the sweep catches up what it loses"

@@ -13,7 +13,8 @@ SEARCH_JOBS_DROPPED = Counter(
     "gensearch_memory_search_jobs_dropped_total",
     "Search index jobs the outbox refused (GENSEARCH_MEMORY_SEARCH_OUTBOX_MAX_JOBS, "
     "GENSEARCH_MEMORY_SEARCH_OUTBOX_JOBS_PER_TENANT): kept for no drain. One written ahead "
-    "still runs from its replica's memory; one to retry is dropped; the sweep catches up.",
+    "still runs from its replica's memory when a running slot is free, else it is dropped, "
+    "as is one to retry; the sweep catches up.",
     ["reason"],
 )
 

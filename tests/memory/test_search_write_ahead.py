@@ -87,9 +87,13 @@ async def test_the_job_is_written_ahead_run_once_and_then_removed(
 
 async def test_a_deletions_drop_job_has_a_reserve_past_the_outbox_bounds(target: Target) -> None:
     """A deletion's drop job written ahead (``deletion=True``) is queued past the outbox's
-    most jobs and past its tenant's share, up to twice the most jobs; other jobs are
-    refused at the bounds as before. Before, the full outbox refused a deletion's drop job
-    too, and it was run from the replica's memory only (lost with a kill -9)."""
+    most jobs and past its tenant's share, up to twice each; other jobs are refused at the
+    bounds as before. Before, the full outbox refused a deletion's drop job too, and it was
+    run from the replica's memory only (lost with a kill -9). The reserve has a bound per
+    tenant (twice its share): a deletion of a missing id keeps its job until the drop ran
+    (it may be a racing deletion's), so without one, a tenant deleting made-up ids while
+    the index was down filled the whole reserve, and every other tenant's jobs were
+    refused."""
     redis = connect(
         target.url, cluster=target.cluster is not None, socket_timeout=5, connect_timeout=2
     )
@@ -97,19 +101,25 @@ async def test_a_deletions_drop_job_has_a_reserve_past_the_outbox_bounds(target:
     try:
         await store.load_scripts()
 
-        async def add(name: str, *, deletion: bool, index: bool = False) -> int:
-            job = json.dumps(["drop-conversation", ALICE.tenant, ALICE.user, name])
+        async def add(
+            name: str, *, deletion: bool, owner: Owner = ALICE, index: bool = False
+        ) -> int:
+            job = json.dumps(["drop-conversation", owner.tenant, owner.user, name])
             return await store.outbox_add(
-                job, FAR, ALICE, max_jobs=2, per_tenant=1, index=index, deletion=deletion
+                job, FAR, owner, max_jobs=3, per_tenant=1, index=index, deletion=deletion
             )
 
+        bob, carol, dave = (Owner(f"t-{n}", n) for n in ("bob", "carol", "dave"))
         assert await add("a", deletion=False) == 1
         assert await add("b", deletion=False) == -1  # the tenant's share
-        assert await add("b", deletion=True) == 1  # no share for a deletion's drop
-        assert await add("c", deletion=False) == 0  # the outbox holds its most jobs
-        assert await add("c", deletion=True) == 1
-        assert await add("d", deletion=True) == 1
-        assert await add("e", deletion=True) == 0  # twice its most jobs: refused
+        assert await add("b", deletion=True) == 1  # a deletion's drop: twice the share
+        assert await add("c", deletion=True) == -1  # the tenant holds twice its share
+        assert await add("c", deletion=False, owner=bob) == 1
+        assert await add("d", deletion=False, owner=bob) == 0  # the outbox holds its most
+        assert await add("d", deletion=True, owner=bob) == 1
+        assert await add("e", deletion=True, owner=carol) == 1
+        assert await add("f", deletion=True, owner=carol) == 1
+        assert await add("g", deletion=True, owner=dave) == 0  # twice its most jobs
         assert await add("a", deletion=True) == 2  # there already: only its due time moves
     finally:
         await store.close()

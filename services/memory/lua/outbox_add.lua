@@ -3,12 +3,11 @@
 -- slot. ARGV: job, due ms, tenant, owner (JSON), the most jobs in all, the most of one
 -- tenant (0: no share), whether the job indexes a turn (1), drops entries (0), or is a
 -- deletion's drop written ahead (2). A deletion's drop has a reserve: refused only when
--- the outbox holds twice its most jobs, and no tenant share applies. A full outbox (the
+-- the outbox holds twice its most jobs, or its tenant twice its share. A full outbox (the
 -- index down for long, its backlog of turns to index) refused it before, and a replica
--- killed before its drop ran lost it. The reserve stays small beside what deletions
--- free (a turn's or a conversation's keys, against one short member each), and a job
--- leaves once dropped, or at once when nothing was deleted; bounded all the same, for
--- deletes failing on another node (a cluster's owner node down) that leave their jobs.
+-- killed before its drop ran lost it. A job leaves once dropped; until then it stays, a
+-- deletion of a missing id's too (the job may be a racing deletion's), so the reserve has
+-- a bound per tenant: one deleting made-up ids while the index is down fills its own.
 -- Returns 1 when the job is queued, 2 when it was there already (it only gets its new due
 -- time: a retry is never refused), 0 when the outbox holds its most jobs, -1 when
 -- the tenant holds its share. A refused index job notes its owner for the sweep's catch-up (at most
@@ -26,7 +25,11 @@ end
 local answer = 1
 local share = tonumber(ARGV[6])
 if ARGV[7] == '2' then
-  if size >= 2 * tonumber(ARGV[5]) then answer = 0 end
+  if size >= 2 * tonumber(ARGV[5]) then
+    answer = 0
+  elseif share > 0 and tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= 2 * share then
+    answer = -1
+  end
 elseif size >= tonumber(ARGV[5]) then
   answer = 0
 elseif share > 0 and tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= share then
