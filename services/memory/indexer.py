@@ -64,6 +64,8 @@ _DRAIN_BATCH = 100
 _SWEEP_PAGE = 256
 # A page of turns read while catching up (the store's page budget, in bytes).
 _CATCH_UP_PAGE_BYTES = 4 * 1024 * 1024
+# How long ``close`` lets jobs under way finish before it cancels what still runs.
+CLOSE_WAIT_SECONDS = 5.0
 # Index jobs running at once in one replica; beyond, a job goes straight to the outbox
 # (memory stays bounded when turns come faster than the model embeds them).
 MAX_RUNNING_JOBS = 256
@@ -97,6 +99,7 @@ class Indexer:
         *,
         outbox_max_jobs: int = 100_000,
         outbox_jobs_per_tenant: int = 0,
+        close_wait_seconds: float = CLOSE_WAIT_SECONDS,
     ):
         """``jobs_per_tenant``: the most of one tenant's jobs running at once (0: no bound
         but ``MAX_RUNNING_JOBS``). ``outbox_max_jobs``: the most jobs waiting in the outbox
@@ -151,6 +154,7 @@ class Indexer:
         self._drop_logged = -_DROP_LOG_SECONDS
         self._drainer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._close_wait = close_wait_seconds
         self._closed = False
 
     def start(self) -> None:
@@ -165,9 +169,22 @@ class Indexer:
         for task in (self._drainer, self._sweeper):
             if task is not None:
                 await cancel_and_wait(task)
-        # Jobs under way finish (they are short); what fails waits in the outbox.
+        # Jobs under way finish (they are usually short); what fails waits in the outbox.
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5.0)
+            await asyncio.wait(set(self._tasks), timeout=self._close_wait)
+        # What still runs is cancelled, not left running: an outbox write may wait a slot
+        # move out (GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS) and a job chains index work
+        # and outbox writes. Left pending, such a task ran on against the closed index and
+        # Redis client, logged "search index job lost" (an ERROR, for a job already in the
+        # outbox) and held its running slot. A job cancelled here is safe where it was
+        # written ahead: a drain of any replica runs it; one not written ahead (the outbox
+        # refused it, or Redis did not take it) is left to the sweep, as a killed replica's.
+        ended = await asyncio.gather(
+            *(cancel_and_wait(task) for task in list(self._tasks)), return_exceptions=True
+        )
+        for err in ended:
+            if isinstance(err, Exception):  # a job's own failure, as it ended meanwhile
+                log.warning("search index job failed at close", extra={"error": _describe(err)})
         await self._index.close()
 
     async def idle(self) -> None:

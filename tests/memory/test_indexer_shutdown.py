@@ -8,13 +8,18 @@ retry loop's Redis read."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from pathlib import Path
+
+import pytest
+from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.redis_client import connect
 from services.memory.indexer import Indexer
 from services.memory.search_index import InteractionIndex
-from services.memory.store import MemoryStore
+from services.memory.store import MemoryStore, Owner
 from services.retrieval.edge_store import EdgeStore
 from tests.memory.conftest import Target
 from tests.support.lost_cancel import LosesTheFirstCancel
@@ -53,3 +58,60 @@ async def test_close_ends_the_retry_loop_whose_cancel_was_lost(
         assert store.read.calls == reads  # ... and runs no more
     finally:
         await redis.aclose()
+
+
+class _HoldsItsJobs(InteractionIndex):
+    """An index whose writes hang until it is closed, then fail (as a write against a
+    closed index does): a job stuck past the indexer's wait at close."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.writing: list[asyncio.Task[object]] = []
+        self.started = asyncio.Event()
+        self._closed = asyncio.Event()
+
+    async def add(self, owner: Owner, interaction: pb.Interaction) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.writing.append(task)
+        self.started.set()
+        await self._closed.wait()
+        raise RuntimeError("the search index is closed")
+
+    async def close(self) -> None:
+        self._closed.set()
+        await super().close()
+
+
+async def test_close_cancels_a_job_stuck_past_its_wait(
+    target: Target, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job still running when close's wait is over was left pending: it ran on against
+    the closed index and Redis client, and logged "search index job lost" (an ERROR, for a
+    job in the outbox already) or failed with them. It is cancelled now, before the index
+    closes; written ahead, it waits in the outbox for a drain."""
+    caplog.set_level(logging.INFO)
+    redis = connect(target.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"stop-{uuid.uuid4().hex[:8]}")
+    index = _HoldsItsJobs(EdgeStore(tmp_path / "index"), None, "stop")
+    indexer = Indexer(store, index, 60.0, close_wait_seconds=0.1)
+    turn = pb.Interaction(interaction_id=str(uuid.uuid4()), conversation_id="c", input="kumquat")
+    try:
+        await indexer.stored(Owner("acme", "alice"), turn)
+        await asyncio.wait_for(index.started.wait(), 10)
+        await indexer.close()
+        job = index.writing[0]
+        left = job.done()
+        if not left:  # the old way: let it run on, as it did, to see what it logs
+            await asyncio.wait({job}, timeout=5)
+        assert left, "a job of the indexer still ran after close()"
+        assert job.cancelled()
+        # Written ahead: the job waits in the outbox for any replica's drain.
+        waiting = await store.outbox_due(2**62, 10)
+        assert [json.loads(m)[3] for m in waiting] == [turn.interaction_id]
+    finally:
+        await redis.aclose()
+    lines = [r for r in caplog.records if r.name.startswith("gensearch")]
+    assert not [r for r in lines if r.levelno >= logging.ERROR or r.exc_info], [
+        r.getMessage() for r in lines
+    ]
