@@ -239,13 +239,22 @@ class Indexer:
         (any replica's, on a clock ahead of this one's) before the turn existed, and a
         drain dropping the job of a turn it does not find, the turn would be left without
         one. ``ahead`` is settled here: a later ``abandon`` of it (the call failed after
-        the turn was stored) leaves the stored turn's job alone."""
+        the turn was stored) leaves the stored turn's job alone.
+
+        Written again only when the first write was queued (True): one Redis did not take
+        (None) put nothing in the outbox, so no drain can have taken it out. A second try
+        could succeed, but it came only after a slow failure (a fast one was never tried
+        again): the one that had already waited out a slot move or a socket timeout. It
+        waited that out a second time before the acknowledgement and logged a second
+        WARNING. The job runs from this replica's memory all the same (``_spawn``, queued
+        for retry if it fails); only a replica killed before it ran loses it, as any job
+        Redis did not take ahead."""
         job = [_INDEX, owner.tenant, owner.user, interaction.interaction_id]
         if ahead is not None and ahead.names(interaction.interaction_id):
             ahead.settled = True  # the stored turn's job: never abandoned after this
             assert ahead.task is not None
             queued = await asyncio.shield(ahead.task)
-            if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
+            if queued is True and time.monotonic() - ahead.started > self._retry / 2:
                 queued = await asyncio.shield(self._start_ahead(job))
         else:
             if ahead is not None:
@@ -362,9 +371,11 @@ class Indexer:
         background, and is taken out of the outbox once the index did it. A deletion
         slower than half a retry period writes the job again (awaited): a drain may have
         found what it names still there, before the deletion ran, and taken it out
-        (``stored``'s reason, for a turn not written yet)."""
+        (``stored``'s reason, for a turn not written yet). Only a job that was queued: one
+        Redis did not take was in no outbox to take out of (``stored`` says why it is not
+        tried again)."""
         queued = ahead.queued
-        if queued is not False and time.monotonic() - ahead.started > self._retry / 2:
+        if queued is True and time.monotonic() - ahead.started > self._retry / 2:
             again = self._start_drop_ahead(ahead.job, ahead.reserve)
             queued = _queued(await asyncio.shield(again))
         self._spawn(ahead.job, None, queued)
