@@ -75,7 +75,10 @@ async def test_a_search_that_spent_the_budget_against_a_cold_models_cache_return
             metadata=ALICE,
             timeout=CALL_SECONDS,
         )
-    assert search.held == 1 and models.held == 1  # the models cache was cold
+    assert search.held == 1
+    # The models cache was cold (a new stack), and its check got a moment only (1 ms):
+    # its ListModels may end before it reaches the relay, so 0 is an answer as good as 1.
+    assert models.held <= 1
     # The search's results, each hit out of generation time: the documented answer.
     assert len(response.hits) == 3
     for hit in response.hits:
