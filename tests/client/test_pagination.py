@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import grpc
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, errors
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
@@ -131,24 +132,112 @@ class _MemoryBeforeOldestFirst(Relay):
         return older.SerializeToString()
 
 
-async def test_reading_from_the_start_refuses_a_memory_that_lists_newest_first(
+async def test_reading_from_the_start_on_a_memory_that_lists_newest_first(
     running_stack: RunningStack,
 ) -> None:
-    """Handing out an older memory's newest-first pages as oldest first would be a silent
-    wrong order: iter_interactions raises instead, naming the helper that works there."""
+    """A memory service older than ListInteractions' oldest_first and after_interaction_id
+    (every replica) lists newest first from the newest turn whatever is asked: both
+    helpers read it that way and hand out the turns in the order and from the position
+    asked, never an older turn. Before, iter_interactions and a position raised
+    RuntimeError."""
     older = _MemoryBeforeOldestFirst()
     older.target = running_stack.address
     async with serving(older) as address, AsyncGensearch(address, timeout=60) as client:
         conversation = await client.conversations.create("older memory")
-        for n in range(2):
+        for n in range(5):
             await client.conversations.add_interaction(conversation.id, f"q{n}", f"a{n}")
-        with pytest.raises(RuntimeError, match=r"interactions\(oldest_first=True\)"):
-            async for _ in client.conversations.iter_interactions(conversation.id):
-                pass
-        turns = await client.conversations.interactions(conversation.id, oldest_first=True)
-        assert [turn.input for turn in turns] == ["q0", "q1"]
-        # A position it ignores would hand out every turn, the one named and older too.
-        with pytest.raises(RuntimeError, match="ignores after_interaction_id"):
-            await client.conversations.interactions(
-                conversation.id, after_interaction_id=turns[0].interaction_id
-            )
+        turns = client.conversations.iter_interactions(conversation.id, page_size=2)
+        assert [turn.input async for turn in turns] == ["q0", "q1", "q2", "q3", "q4"]
+        listed = await client.conversations.interactions(conversation.id, oldest_first=True)
+        assert [turn.input for turn in listed] == ["q0", "q1", "q2", "q3", "q4"]
+        after = client.conversations.iter_interactions(
+            conversation.id, after_interaction_id=listed[1].interaction_id, page_size=2
+        )
+        assert [turn.input async for turn in after] == ["q2", "q3", "q4"]
+        newer = await client.conversations.interactions(
+            conversation.id, limit=2, after_interaction_id=listed[1].interaction_id
+        )
+        assert [turn.input for turn in newer] == ["q4", "q3"]
+
+
+class _TwoVersions(Relay):
+    """Memory mid-upgrade behind the gateway: each ListInteractions call goes to a replica
+    of the version ``older_serves`` names (by the call's number, from 1, and whether it
+    carries a page_token). The older version is the real memory sent the request without
+    oldest_first and after_interaction_id (fields it does not know): it lists newest
+    first from the newest turn, and checks a page token as an older replica does (so it
+    refuses, INVALID_PAGE_TOKEN, a newer one's token for a list read oldest first or after
+    a position, and a newer one refuses its token for such a list)."""
+
+    def __init__(self, older_serves: Callable[[int, bool], bool]) -> None:
+        super().__init__()
+        self.older_serves = older_serves
+        self.calls = 0
+        self.to_older = 0  # calls the older version served
+        self.refused = 0  # page tokens refused
+
+    def failed(self, method: str, err: grpc.aio.AioRpcError) -> None:
+        if err.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in (err.details() or ""):
+            self.refused += 1
+
+    def request(self, method: str, request: bytes) -> bytes:
+        if not method.endswith("/ListInteractions"):
+            return request
+        self.calls += 1
+        asked = mem_pb.ListInteractionsRequest.FromString(request)
+        if not self.older_serves(self.calls, bool(asked.page_token)):
+            return request
+        self.to_older += 1
+        asked.ClearField("oldest_first")
+        asked.ClearField("after_interaction_id")
+        return asked.SerializeToString()
+
+
+_SCHEDULES: dict[str, Callable[[int, bool], bool]] = {
+    # A newer replica serves each first page, an older one each page after it.
+    "new-old": lambda call, token: token,
+    # The other way round.
+    "old-new": lambda call, token: not token,
+    # The list restarted after a refused token lands on an older replica too.
+    "restart-on-old": lambda call, token: call in (2, 3),
+}
+
+
+_TURNS = 102
+
+
+@pytest.mark.parametrize("schedule", list(_SCHEDULES))
+async def test_reading_from_the_start_across_two_memory_versions(
+    running_stack: RunningStack, schedule: str
+) -> None:
+    """A rolling upgrade of memory while a user pages a conversation oldest first (and
+    newest first after a position): a page token of one version reaches a replica of the
+    other, which refuses it, or a page reaches a replica that lists newest first only.
+    Every turn comes once, in order, from the position asked. Before, the user got
+    InvalidPageTokenError (or RuntimeError) mid-way."""
+    mixed = _TwoVersions(_SCHEDULES[schedule])
+    mixed.target = running_stack.address
+    async with serving(mixed) as address, AsyncGensearch(address, timeout=60) as client:
+        conversation = await client.conversations.create(f"two versions, {schedule}")
+        # More than the 100 turns of interactions()' page, so it reads a page after the
+        # first too.
+        ids = [
+            (await client.conversations.add_interaction(conversation.id, f"q{n}", f"a{n}")).id
+            for n in range(_TURNS)
+        ]
+        turns = client.conversations.iter_interactions(conversation.id, page_size=40)
+        assert [turn.input async for turn in turns] == [f"q{n}" for n in range(_TURNS)]
+        mixed.calls = 0
+        after = client.conversations.iter_interactions(
+            conversation.id, after_interaction_id=ids[1], page_size=40
+        )
+        assert [turn.input async for turn in after] == [f"q{n}" for n in range(2, _TURNS)]
+        mixed.calls = 0
+        newer = await client.conversations.interactions(
+            conversation.id, after_interaction_id=ids[0]
+        )
+        assert [turn.input for turn in newer] == [f"q{n}" for n in range(_TURNS - 1, 0, -1)]
+        # Both happened in each: tokens refused (in old-new, the older replica's token of
+        # the newest-first list, taken for a list after ids[0] by the newer one), and
+        # answers of the older version.
+        assert mixed.to_older > 0 and mixed.refused > 0

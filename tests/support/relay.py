@@ -27,6 +27,9 @@ class Relay(grpc.GenericRpcHandler):
         """What the caller gets back for ``method``."""
         return answer
 
+    def failed(self, method: str, err: grpc.aio.AioRpcError) -> None:
+        """Sees the error the real service answered ``method`` with (passed on as is)."""
+
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = details.method  # type: ignore[attr-defined]
         if not self.serves(method):
@@ -40,6 +43,7 @@ class Relay(grpc.GenericRpcHandler):
                         request, metadata=context.invocation_metadata(), timeout=10
                     )
                 except grpc.aio.AioRpcError as err:
+                    self.failed(method, err)
                     # As a tuple: grpc-aio's abort takes no Metadata object (a TypeError,
                     # which failed the relayed call UNKNOWN instead of with its status).
                     trailers = tuple(err.trailing_metadata() or ())

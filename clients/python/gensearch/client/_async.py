@@ -41,6 +41,7 @@ from gensearch.client._transport import DEFAULT, RetryPolicy, Timeout, Transport
 from gensearch.client.errors import (
     GensearchError,
     InvalidArgumentError,
+    InvalidPageTokenError,
     NotFoundError,
     QuotaExceededError,
 )
@@ -92,6 +93,21 @@ def _message_of(value: Any) -> Any:
             )
             return t.to_proto(value, message_cls)
     return value
+
+
+def _not_after(interaction_id: str, position: str) -> bool:
+    """Whether a turn is at or before ``position``: ids sort as the turns were made."""
+    return interaction_id.lower() <= position.lower()
+
+
+def _listed_as_before(page: mpb.ListInteractionsResponse, oldest_first: bool, after: str) -> bool:
+    """Whether a replica older than ListInteractions' ``oldest_first`` and
+    ``after_interaction_id`` answered ``page``: it ignores both, so it lists newest first
+    (its answer does not say ``oldest_first``) from the newest turn (ids sort as the
+    turns were made: one at or before ``after`` means the position was ignored)."""
+    if oldest_first and page.interactions and not page.oldest_first:
+        return True
+    return bool(after) and any(_not_after(i.interaction_id, after) for i in page.interactions)
 
 
 def _page_limit(limit: int | None) -> int | None:
@@ -1588,42 +1604,103 @@ class Conversations:
         """ListInteractions page by page, in the memory service's order: ``oldest_first``
         is the RPC's (from the first turn on), not ``interactions``' reversal. Each page
         asks for at most ``page_size`` turns and no more than ``limit`` in all (None: every
-        page). A memory older than ``oldest_first`` or ``after_interaction_id`` ignores
-        it: the turns would come in the wrong order or from before ``after``, so that
-        raises ``RuntimeError`` rather than hand them out."""
+        page).
+
+        Memory replicas of two versions (a rolling upgrade) may serve one list's pages.
+        A replica older than ``oldest_first`` and ``after_interaction_id`` ignores them
+        (it answers newest first, from the newest turn), and replicas of the two versions
+        refuse each other's page tokens for such a list (INVALID_PAGE_TOKEN); a plain
+        listing's tokens both take. So, with no turn handed out twice or skipped:
+        - a refused token, oldest first: the list starts again as a first page (no
+          token) after the last turn handed out. ``after_interaction_id`` is a position
+          (ids sort as turns were made), not a token, so any replica with the field reads
+          it, and the pages go on holding one page at a time;
+        - an answer from a replica without the fields, or a refused token newest first
+          (no field starts below a turn): the rest is read as before the fields
+          (``_read_as_before``)."""
         token = ""
         read = 0
+        start = after  # the position the current run of pages (its tokens) started from
+        last = after  # the last turn handed out, or the caller's position
         while limit is None or read < limit:
             size = page_size if limit is None else min(page_size, limit - read)
-            page = await self._t.unary(
-                self._t.memory.ListInteractions,
-                mpb.ListInteractionsRequest(
-                    conversation_id=conversation_id,
-                    page_size=size,
-                    page_token=token,
-                    oldest_first=oldest_first,
-                    after_interaction_id=after,
-                ),
-                timeout,
-            )
-            if oldest_first and page.interactions and not page.oldest_first:
-                # An older memory ignores the field and answers newest first.
-                raise RuntimeError(
-                    "the memory service lists interactions newest first only (it is older "
-                    "than ListInteractions oldest_first): use interactions(oldest_first=True)"
+            try:
+                page = await self._t.unary(
+                    self._t.memory.ListInteractions,
+                    mpb.ListInteractionsRequest(
+                        conversation_id=conversation_id,
+                        page_size=size,
+                        page_token=token,
+                        oldest_first=oldest_first,
+                        after_interaction_id=start,
+                    ),
+                    timeout,
                 )
-            if after and any(i.interaction_id.lower() <= after.lower() for i in page.interactions):
-                # Ids sort as they were made, so a turn at or before the position means
-                # the field was ignored and the whole conversation is being listed.
-                raise RuntimeError(
-                    "the memory service ignores after_interaction_id (it is older than the "
-                    "field): read the turns and keep those newer than it"
+            except InvalidPageTokenError:
+                if not token:
+                    raise
+                if oldest_first and last != start:  # a turn handed out since (re)starting
+                    start, token = last, ""
+                    continue
+                page = None
+            if page is None or _listed_as_before(page, oldest_first, start):
+                rest = await self._read_as_before(
+                    conversation_id,
+                    above=last if oldest_first else after,
+                    below="" if oldest_first or last == after else last,
+                    # Newest first, the first ones read are those wanted.
+                    wanted=None if limit is None or oldest_first else limit - read,
+                    timeout=timeout,
                 )
+                if oldest_first:
+                    rest.reverse()
+                if limit is not None:
+                    rest = rest[: limit - read]
+                for at in range(0, len(rest), page_size):
+                    yield [t.from_proto(t.Interaction, i) for i in rest[at : at + page_size]]
+                return
             read += len(page.interactions)
+            if page.interactions:
+                last = page.interactions[-1].interaction_id
             yield [t.from_proto(t.Interaction, i) for i in page.interactions]
             token = page.next_page_token
             if not token:
                 return
+
+    async def _read_as_before(
+        self,
+        conversation_id: str,
+        *,
+        above: str,
+        below: str,
+        wanted: int | None,
+        timeout: Timeout,
+    ) -> builtins.list[mpb.Interaction]:
+        """The turns newer than ``above`` and older than ``below`` ("": no bound), newest
+        first, at most ``wanted`` (None: all), read as every memory version lists: newest
+        first from the newest turn, no position, with the page tokens replicas of either
+        version take. It holds what it reads, at most the conversation's turns (memory
+        bounds them per conversation); used only while a replica older than
+        ``oldest_first`` serves the list."""
+        found: builtins.list[mpb.Interaction] = []
+        token = ""
+        while wanted is None or len(found) < wanted:
+            page = await self._t.unary(
+                self._t.memory.ListInteractions,
+                mpb.ListInteractionsRequest(
+                    conversation_id=conversation_id, page_size=100, page_token=token
+                ),
+                timeout,
+            )
+            for i in page.interactions:
+                if above and _not_after(i.interaction_id, above):
+                    return found
+                if not below or i.interaction_id.lower() < below.lower():
+                    found.append(i)
+            token = page.next_page_token
+            if not token:
+                break
+        return found[:wanted]
 
     async def interactions(
         self,
@@ -1642,8 +1719,9 @@ class Conversations:
         conversation's first turns: for those, or to page a whole conversation from its
         start without holding it, use ``iter_interactions``. ``after_interaction_id``
         keeps to the turns newer than that one (it need not exist any more: a position,
-        such as a summary's ``through_interaction_id``; a memory service older than the
-        field raises ``RuntimeError``)."""
+        such as a summary's ``through_interaction_id``). A memory service older than the
+        field (all of it, or some replicas mid-upgrade) is read as it lists, and only the
+        turns newer than the position are kept."""
         found: builtins.list[t.Interaction] = []
         pages = self._interaction_pages(
             conversation_id,
@@ -1673,7 +1751,13 @@ class Conversations:
         order (ListInteractions ``oldest_first``). Stop early with ``break``; nothing more
         is read, and no list of the whole conversation is held. Unlike
         ``interactions(oldest_first=True)``, which reverses the newest turns it read.
-        A memory service older than ``oldest_first`` raises ``RuntimeError``."""
+
+        Mid-upgrade (memory replicas of two versions), a page token one replica refuses
+        from the other restarts the list as a first page after the last turn handed out
+        (no turn twice, none skipped). A replica older than ``oldest_first`` (or a memory
+        service all older) lists newest first only: the turns after the last one handed
+        out are then read that way and held (at most the conversation's turns), then handed
+        out oldest first."""
         pages = self._interaction_pages(
             conversation_id,
             oldest_first=True,
