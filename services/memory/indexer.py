@@ -353,9 +353,9 @@ class Indexer:
         return self._awaited(self._write_drop_ahead(job, reserve))
 
     async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
-        """``_write_ahead`` answering as ``_add`` (2: it was there already, for a drop job
-        that of a deletion killed before its drop), or None when Redis did not take it;
-        ``reserve``: a deletion's drop, which may use the outbox's reserve."""
+        """``_write_ahead`` answering as ``_add`` (1 also when it was there already, for a
+        drop job that of a deletion killed before its drop), or None when Redis did not
+        take it; ``reserve``: a deletion's drop, which may use the outbox's reserve."""
         due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
         try:
             return await self._add(json.dumps(job), job, due, deletion=reserve)
@@ -459,7 +459,7 @@ class Indexer:
     async def _add(
         self, member: str, job: list[str], due_ms: int, *, deletion: bool = False
     ) -> int:
-        """``_queue``, answering as ``store.outbox_add``: 1 queued, 2 there already (only
+        """``_queue``, answering as ``store.outbox_add``: 1 queued (there already: only
         its due time moved), 0 or -1 refused (counted, logged). ``deletion``: a drop
         written ahead of its deletion, which has a reserve past the bounds."""
         queued = await self._store.outbox_add(

@@ -2328,7 +2328,7 @@ class MemoryStore:
         deletion: bool = False,
     ) -> int:
         """Queues ``job`` (of ``owner``) unless the outbox holds ``max_jobs``, or
-        ``per_tenant`` of the owner's tenant (0: no share): 1 queued, 2 queued already (it
+        ``per_tenant`` of the owner's tenant (0: no share): 1 queued (one queued already
         only gets the new due time), 0 refused as full, -1 refused as the tenant's share.
         A refused ``index`` job notes its owner for ``outbox_take_missed``. A
         ``deletion``'s drop, written ahead of it, has a reserve: refused only past twice

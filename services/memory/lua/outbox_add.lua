@@ -8,14 +8,14 @@
 -- killed before its drop ran lost it. A job leaves once dropped; until then it stays, a
 -- deletion of a missing id's too (the job may be a racing deletion's), so the reserve has
 -- a bound per tenant: one deleting made-up ids while the index is down fills its own.
--- Returns 1 when the job is queued, 2 when it was there already (it only gets its new due
--- time: a retry is never refused), 0 when the outbox holds its most jobs, -1 when
+-- Returns 1 when the job is queued (one there already only gets its new due time, and is
+-- counted once: a retry is never refused), 0 when the outbox holds its most jobs, -1 when
 -- the tenant holds its share. A refused index job notes its owner for the sweep's catch-up (at most
 -- as many owners as jobs); a refused drop needs nothing: the sweep removes what Redis no
 -- longer holds.
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
-  return 2
+  return 1
 end
 local size = redis.call('ZCARD', KEYS[1])
 if size == 0 then
