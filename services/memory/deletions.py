@@ -58,9 +58,7 @@ class DeletionResumer:
         while True:
             await asyncio.sleep(self._every)
             try:
-                finished = await self._store.resume_deletions(
-                    around=self._around, finished_one=self._finished_one
-                )
+                finished = await self._store.resume_deletions(around=self._around)
             except Exception as err:  # Redis down (the store logged it): next period
                 log.warning(
                     "interrupted deletions not finished yet",
@@ -74,14 +72,17 @@ class DeletionResumer:
     async def _around(
         self, owner: Owner, cid: str, deletion: Callable[[], Awaitable[bool]]
     ) -> object:
-        """One deletion, its drop job written ahead when there is a search index."""
+        """One deletion, its drop job written ahead when there is a search index, counted
+        once finished."""
+        done: object
         if self._indexer is None:
-            return await deletion()
-        return await self._indexer.dropping(owner, deletion, cid=cid)
-
-    def _finished_one(self, owner: Owner, cid: str) -> None:
-        # Counted one by one: a round that fails past some owners finished the others.
-        DELETIONS_RESUMED.inc()
+            done = await deletion()
+        else:
+            done = await self._indexer.dropping(owner, deletion, cid=cid)
+        if done:
+            # Counted one by one: a round that fails past some owners finished the others.
+            DELETIONS_RESUMED.inc()
+        return done
 
     async def _count_pending(self) -> None:
         """Sets the gauge of marked deletions (one ZCARD a period): one that stays up, or

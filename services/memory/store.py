@@ -1839,15 +1839,13 @@ class MemoryStore:
         count: int = RESUME_BATCH,
         *,
         around: Around | None = None,
-        finished_one: Callable[[Owner, str], object] | None = None,
     ) -> int:
         """Finishes up to ``count`` deletions whose call was interrupted
         (``delete_conversation``: last marked more than DELETE_RESUME_SECONDS ago, by this
         replica's setting); how many it finished. ``around`` runs each (given the owner,
         the conversation and the deletion to run; answering what it answered), for what
         the interrupted call did around its deletion: the search index's drop job written
-        ahead (``Indexer.dropping``). ``finished_one`` is told the owner and conversation
-        of each finished (``DeletionResumer``'s count). One that fails (its
+        ahead (``Indexer.dropping``), and ``DeletionResumer``'s count. One that fails (its
         owner's Cluster master down, say) stays marked, for the next resume, and holds no
         other back: the rest are finished, then the first failure is raised. (Stopping at it, the
         oldest mark first every time, finished no other owner's while it lasted.)"""
@@ -1873,8 +1871,6 @@ class MemoryStore:
             try:
                 if await (finish() if around is None else around(owner, str(cid), finish)):
                     finished += 1
-                    if finished_one is not None:
-                        finished_one(owner, str(cid))
             except ServiceError as err:
                 failed = failed or err
         if failed is not None:
