@@ -110,16 +110,11 @@ _SKIPPED = {
 }
 
 
-def _skipped(err: ServiceError) -> bool:
-    """Counts and says a fold skipped when memory's ``err`` is one of ``_SKIPPED``; False
-    otherwise (the caller counts its failure). Every memory refusal reaches the fold as a
-    ``ServiceError`` (the client maps each gRPC status), so none is logged with a
-    traceback."""
-    return _skip(err.reason)
-
-
 def _skip(reason: str) -> bool:
-    """``_skipped`` for a ``reason`` memory answered or the fold read itself."""
+    """Counts and says a fold skipped when ``reason`` (memory's ``ServiceError``'s, or the
+    fold's own read) is one of ``_SKIPPED``; False otherwise (the caller counts its
+    failure). Every memory refusal reaches the fold as a ``ServiceError`` (the client maps
+    each gRPC status), so none is logged with a traceback."""
     why = _SKIPPED.get(reason)
     if why is None:
         return False
@@ -188,7 +183,7 @@ class Summarizer:
             SUMMARY_FOLDS.labels("failed").inc()
             log.warning("summary fold timed out")
         except ServiceError as err:  # memory or generation answered so, or could not serve
-            if not _skipped(err):
+            if not _skip(err.reason):
                 SUMMARY_FOLDS.labels("failed").inc()
                 log.warning("summary fold failed", extra={"reason": err.reason})
         except Exception:  # a bug: counted here; the queue's worker survives it either way
@@ -262,7 +257,7 @@ class Summarizer:
             except ServiceError as err:
                 # ABORTED: another fold (another replica) got there first; its summary
                 # stands, and the next turn folds whatever is still pending.
-                if _skipped(err):
+                if _skip(err.reason):
                     return
                 outcome = "conflict" if err.reason == "SUMMARY_CHANGED" else "failed"
                 SUMMARY_FOLDS.labels(outcome).inc()
@@ -284,7 +279,7 @@ class Summarizer:
                 job.conversation_id, expected, job.caller, timeout, summary=True
             )
         except ServiceError as err:
-            if not _skipped(err):
+            if not _skip(err.reason):
                 raise  # memory away: the fold fails, counted in _run
             return None
         return checked if checked is not None else mem_pb.CheckStorageResponse()
