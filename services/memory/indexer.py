@@ -199,8 +199,8 @@ class Indexer:
         then given to ``stored`` (or to ``abandon`` when the turn was not written)."""
         return WriteAhead(self, owner)
 
-    def _start_ahead(self, job: list[str]) -> asyncio.Task[bool | None]:
-        return self._awaited(self._write_ahead(job))
+    def _start_job_ahead(self, job: list[str], reserve: bool = False) -> asyncio.Task[bool | None]:
+        return self._awaited(self._write_job_ahead(job, reserve))
 
     def _outliving(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """``work`` as a task of its own, held until done (``idle``, ``close``), run past
@@ -255,12 +255,12 @@ class Indexer:
             assert ahead.task is not None
             queued = await asyncio.shield(ahead.task)
             if queued is True and time.monotonic() - ahead.started > self._retry / 2:
-                queued = await asyncio.shield(self._start_ahead(job))
+                queued = await asyncio.shield(self._start_job_ahead(job))
         else:
             if ahead is not None:
                 self.abandon(ahead)
                 ahead.settled = True  # taken out once: not again by a later abandon
-            queued = await asyncio.shield(self._start_ahead(job))
+            queued = await asyncio.shield(self._start_job_ahead(job))
         self._spawn(job, interaction, queued)
 
     def abandon(self, ahead: WriteAhead) -> None:
@@ -278,12 +278,6 @@ class Indexer:
                 await self._done_ahead(job)
 
         self._outliving(take_out())
-
-    async def _write_ahead(self, job: list[str]) -> bool | None:
-        """Puts ``job`` in the outbox, due a retry period from now: True queued, False
-        refused by its bounds (counted, its owner noted for the sweep), None when Redis
-        did not take it (the job runs all the same, as before write-ahead)."""
-        return _queued(await self._write_drop_ahead(job, False))
 
     async def dropping(
         self,
@@ -346,19 +340,19 @@ class Indexer:
         job = [op, owner.tenant, owner.user, ident]
         started = time.monotonic()
         # Shielded: a call cancelled meanwhile still knows whether the job is there.
-        added = await asyncio.shield(self._start_drop_ahead(job, reserve))
-        return DropAhead(job, _queued(added), started, reserve)
+        queued = await asyncio.shield(self._start_job_ahead(job, reserve))
+        return DropAhead(job, queued, started, reserve)
 
-    def _start_drop_ahead(self, job: list[str], reserve: bool) -> asyncio.Task[int | None]:
-        return self._awaited(self._write_drop_ahead(job, reserve))
-
-    async def _write_drop_ahead(self, job: list[str], reserve: bool) -> int | None:
-        """``_write_ahead`` answering as ``_add`` (1 also when it was there already, for a
-        drop job that of a deletion killed before its drop), or None when Redis did not
-        take it; ``reserve``: a deletion's drop, which may use the outbox's reserve."""
+    async def _write_job_ahead(self, job: list[str], reserve: bool) -> bool | None:
+        """Puts ``job`` (a turn's index job, or a deletion's drop) in the outbox, due a
+        retry period from now: True queued (there already too, for a drop job that of a
+        deletion killed before its drop), False refused by its bounds (counted, its owner
+        noted for the sweep), None when Redis did not take it (the job runs all the same,
+        as before write-ahead). ``reserve``: a deletion's drop, which may use the outbox's
+        reserve."""
         due = time.time_ns() // 1_000_000 + int(self._retry * 1000)
         try:
-            return await self._add(json.dumps(job), job, due, deletion=reserve)
+            return await self._add(json.dumps(job), job, due, deletion=reserve) > 0
         except ServiceError as err:
             log.warning(
                 "search index job not written ahead: a crash before it runs loses it",
@@ -376,14 +370,13 @@ class Indexer:
         tried again)."""
         queued = ahead.queued
         if queued is True and time.monotonic() - ahead.started > self._retry / 2:
-            again = self._start_drop_ahead(ahead.job, ahead.reserve)
-            queued = _queued(await asyncio.shield(again))
+            queued = await asyncio.shield(self._start_job_ahead(ahead.job, ahead.reserve))
         self._spawn(ahead.job, None, queued)
 
     def _spawn(
         self, job: list[str], interaction: pb.Interaction | None = None, ahead: bool | None = None
     ) -> None:
-        """``ahead``: what ``_write_ahead`` did with ``job`` (None: not written ahead)."""
+        """``ahead``: what ``_write_job_ahead`` did with ``job`` (None: not written ahead)."""
         tenant = job[1]
         running = self._running.get(tenant, 0)
         # Jobs running, not those on their way to the outbox (a Redis write each).
@@ -763,11 +756,6 @@ class DropAhead:
         self.reserve = reserve
 
 
-def _queued(added: int | None) -> bool | None:
-    """``_add``'s answer (None: Redis did not take the job) as ``_write_ahead``'s."""
-    return None if added is None else added > 0
-
-
 class WriteAhead:
     """A turn's index job written to the outbox beside the turn's own write
     (``Indexer.write_ahead``): called by the store with the turn's id just before the
@@ -786,7 +774,7 @@ class WriteAhead:
             return
         self.job = [_INDEX, self._owner.tenant, self._owner.user, iid]
         self.started = time.monotonic()
-        self.task = self._indexer._start_ahead(self.job)
+        self.task = self._indexer._start_job_ahead(self.job)
 
     def names(self, iid: str) -> bool:
         """Whether the job written (or on its way) is that of the turn ``iid``."""
