@@ -50,12 +50,8 @@ class ApiKeyError(ValueError):
 _Entry = tuple[str, str, Identity]
 
 
-def parse_env(raw: str) -> dict[str, Identity]:
-    """Key -> identity from the ``GENSEARCH_API_KEYS`` syntax above."""
-    return _collect(_env_entries(raw))
-
-
 def _env_entries(raw: str) -> list[_Entry]:
+    """The ``GENSEARCH_API_KEYS`` syntax above, entry by entry."""
     entries: list[_Entry] = []
     for n, pair in enumerate(filter(None, (p.strip() for p in raw.split(",")))):
         who, sep, key = pair.partition(":")
@@ -111,12 +107,8 @@ def _collect(entries: Iterable[_Entry]) -> dict[str, Identity]:
     return keys
 
 
-def parse_file(path: Path) -> dict[str, Identity]:
-    """Key -> identity from the YAML keys file (strict: every field, nothing else)."""
-    return _collect(_file_entries(path))
-
-
 def _file_entries(path: Path) -> list[_Entry]:
+    """The YAML keys file, entry by entry (strict: every field, nothing else)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -163,7 +155,9 @@ def _file_entry(entry: Any, where: str) -> tuple[str, Identity]:
 
 
 def load_keys(raw_env: str, path: Path | None) -> dict[str, Identity]:
-    """Every configured key: the variable's, then the file's (a key may appear once)."""
+    """Key -> identity of every configured key: the variable's, then the file's (a key
+    may appear once); ``path`` None: no file. The one way keys are read (the settings'
+    ``api_key_map``), so every source is checked alike."""
     entries = _env_entries(raw_env)
     if path is not None:
         entries += _file_entries(path)

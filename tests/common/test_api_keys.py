@@ -13,7 +13,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from pydantic import SecretStr
 
-from services.common.api_keys import ApiKeyError, load_keys, parse_env, parse_file
+from services.common.api_keys import ApiKeyError, load_keys
 from services.common.auth import DEFAULT_TENANT, Identity, Role, require_role, set_current_identity
 from services.common.errors import PermissionDenied
 from services.common.settings import CommonSettings, load_settings
@@ -24,19 +24,19 @@ SECRET = "s3cr3t-key-value"
 
 
 def test_the_historical_form_is_a_user_alone_in_its_tenant_as_admin() -> None:
-    assert parse_env("alice:k1, bob:k:2") == {
+    assert load_keys("alice:k1, bob:k:2", None) == {
         "k1": Identity("alice", "alice", Role.ADMIN),
         "k:2": Identity("bob", "bob", Role.ADMIN),  # the key is all after the first ':'
     }
     # An e-mail address is a user name, not a tenant.
-    assert parse_env("ann@example.com:k3") == {
+    assert load_keys("ann@example.com:k3", None) == {
         "k3": Identity("ann@example.com", "ann@example.com", Role.ADMIN)
     }
 
 
 def test_the_extended_form_names_tenant_and_role() -> None:
-    assert parse_env(
-        "alice@acme/writer:k1,ann@example.com@acme/reader:k2,root@default/admin:k3"
+    assert load_keys(
+        "alice@acme/writer:k1,ann@example.com@acme/reader:k2,root@default/admin:k3", None
     ) == {
         "k1": Identity("alice", "acme", Role.WRITER),
         "k2": Identity("ann@example.com", "acme", Role.READER),
@@ -82,7 +82,7 @@ def test_a_good_file(tmp_path: Path) -> None:
         f"  - key: {SECRET}-a\n    user: alice\n    tenant: acme\n    role: admin\n"
         f"  - {{key: '{SECRET}-b', user: bob, tenant: acme, role: reader}}\n"
     )
-    assert parse_file(path) == {
+    assert load_keys("", path) == {
         f"{SECRET}-a": Identity("alice", "acme", Role.ADMIN),
         f"{SECRET}-b": Identity("bob", "acme", Role.READER),
     }
@@ -115,7 +115,7 @@ def test_bad_files_are_refused_without_echoing_a_key(tmp_path: Path, text: str, 
     path = tmp_path / "keys.yaml"
     path.write_text(text)
     with pytest.raises(ApiKeyError) as caught:
-        parse_file(path)
+        load_keys("", path)
     assert names in str(caught.value)
     assert SECRET not in str(caught.value)
 

@@ -648,7 +648,7 @@ def test_the_gateway_mounts_the_api_keys_file_from_a_secret(path: str, tmp_path:
     it); where the Secret ships (placeholders), the file parses."""
     import base64
 
-    from services.common.api_keys import parse_file
+    from services.common.api_keys import load_keys
 
     docs = render(path)
     for service in SERVICES:
@@ -675,7 +675,7 @@ def test_the_gateway_mounts_the_api_keys_file_from_a_secret(path: str, tmp_path:
     assert set(data) == {file.name}
     local = tmp_path / file.name
     local.write_bytes(base64.b64decode(data[file.name]))
-    keys = parse_file(local)
+    keys = load_keys("", local)
     assert keys and all(PLACEHOLDER in key for key in keys)
 
 
