@@ -46,6 +46,18 @@ class ApiKeyError(ValueError):
     """A malformed key configuration (the message holds no key)."""
 
 
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` (a key or token) can never arrive in a gRPC header, or None. gRPC
+    sends a text header's value only if every character is printable ASCII: a key with a
+    control character, a newline (a Secret made from a file ending in one) or a
+    non-ASCII letter was accepted at start and then matched no call, and a gateway whose
+    internal token held one failed every call it passed on. Names no character: the
+    message may reach logs and the value is a secret."""
+    if not all(" " <= c <= "~" for c in value):
+        return "must be printable ASCII (no control characters, newlines or non-ASCII letters)"
+    return None
+
+
 # One configured key: where it is written (for errors), the key, whom it identifies.
 _Entry = tuple[str, str, Identity]
 
@@ -62,6 +74,9 @@ def _env_entries(raw: str) -> list[_Entry]:
             raise ApiKeyError(
                 f"{where}: entries must be user:key or user@tenant/role:key, comma-separated"
             )
+        problem = header_value_problem(key)
+        if problem:
+            raise ApiKeyError(f"{where}: the key {problem}")
         entries.append((where, key, _parse_who(who.strip(), where)))
     return entries
 
@@ -151,6 +166,9 @@ def _file_entry(entry: Any, where: str) -> tuple[str, Identity]:
     key = entry["key"]
     if key != key.strip() or "," in key:
         raise ApiKeyError(f"{where}: 'key' must not hold spaces around it or commas")
+    problem = header_value_problem(key)
+    if problem:
+        raise ApiKeyError(f"{where}: 'key' {problem}")
     return key, _identity(entry["user"], entry["tenant"], role, where)
 
 

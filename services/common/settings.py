@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from services.common.api_keys import ApiKeyError, load_keys
+from services.common.api_keys import ApiKeyError, header_value_problem, load_keys
 from services.common.auth import DEFAULT_MAX_CALLER_KEY_BYTES, Identity
 from services.common.logs import url_secrets
 
@@ -372,6 +372,17 @@ class CommonSettings(BaseSettings):
         return level
 
     _host = field_validator("host")(bind_host_setting)
+
+    @field_validator("internal_token")
+    @classmethod
+    def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
+        # Sent by the gateway in a gRPC header with every call it passes on: a token gRPC
+        # cannot send (a trailing newline from a Secret made of a file) failed every one of
+        # them, while both services had started clean. Never quoted: it is a secret.
+        problem = header_value_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _grace_needs_age(self) -> Self:

@@ -273,6 +273,58 @@ def test_a_malformed_api_key_entry_is_one_line_without_the_key(
     assert "TOPSECRETKEY" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        # A Secret made from a file that ends in a newline: gRPC sends no header holding
+        # one, so the gateway failed every call it passed on, after a clean start.
+        (
+            "GENSEARCH_INTERNAL_TOKEN",
+            "TOPSECRET\n",
+            "GENSEARCH_INTERNAL_TOKEN: must be printable ASCII",
+        ),
+        # Keys no caller can send in its authorization header: they matched no call.
+        (
+            "GENSEARCH_API_KEYS",
+            "alice:k1,bob:TOPSECR\u00c9T",
+            "GENSEARCH_API_KEYS entry 1: the key must be printable ASCII",
+        ),
+        (
+            "GENSEARCH_API_KEYS",
+            "alice:TOPSECRET\x07x",
+            "GENSEARCH_API_KEYS entry 0: the key must be printable ASCII",
+        ),
+    ],
+)
+def test_a_key_or_token_grpc_cannot_send_stops_the_service(
+    variable: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    for settings in (GatewaySettings, MemorySettings):
+        message = _refusal(settings)
+        assert message.startswith(f"invalid setting {line}"), message
+        assert "TOPSECR" not in message and "\n" not in message
+
+
+def test_a_key_in_the_keys_file_grpc_cannot_send_stops_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text('keys:\n  - {key: "TOPSECRET\\tx", user: a, tenant: t, role: admin}\n')
+    monkeypatch.setenv("GENSEARCH_API_KEYS_FILE", str(path))
+    message = _refusal(RetrievalSettings)
+    assert message == (
+        "invalid setting GENSEARCH_API_KEYS_FILE keys[0]: 'key' must be printable ASCII "
+        "(no control characters, newlines or non-ASCII letters)"
+    )
+
+
+def test_keys_and_tokens_of_printable_ascii_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSEARCH_INTERNAL_TOKEN", "t0k~en with spaces!")
+    monkeypatch.setenv("GENSEARCH_API_KEYS", "alice:k e y~!")
+    assert load_settings(MemorySettings).api_key_map()["k e y~!"].user == "alice"
+
+
 def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.startswith("GENSEARCH_GENERATION_")]:
         monkeypatch.delenv(name)
