@@ -24,6 +24,8 @@ from services.gateway.errors import HitError
 from services.gateway.request_parts import check_fallback
 from services.gateway.settings import GatewaySettings
 
+DEFAULT_PROVIDER_SETTING = "GENSEARCH_GATEWAY_DEFAULT_PROVIDER"
+
 
 @dataclass(frozen=True)
 class Options:
@@ -49,6 +51,9 @@ class Options:
     # Where the provider and the model came from, for error fields, as max_tokens.
     provider_field: str = "generate.provider"
     model_field: str = "generate.model"
+    # The gateway's setting the provider came from when neither the request nor the
+    # collection named one (empty otherwise): an unknown one is the operator's to fix.
+    provider_setting: str = ""
 
     @classmethod
     def resolve(
@@ -128,6 +133,11 @@ class Options:
                 "collection.generative.provider"
                 if not request.provider and collection.provider
                 else f"{prefix}provider"
+            ),
+            provider_setting=(
+                DEFAULT_PROVIDER_SETTING
+                if not (request.provider or collection.provider) and settings.default_provider
+                else ""
             ),
             model_field=(
                 "collection.generative.model"

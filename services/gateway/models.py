@@ -9,6 +9,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
 from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
 from services.common.errors import (
+    FailedPrecondition,
     ServiceError,
     Unauthenticated,
     out_of_range,
@@ -101,6 +102,18 @@ class ModelCatalog:
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
+                if provider_field == options.provider_field and options.provider_setting:
+                    # Nothing in the request or the collection chose it: not the caller's
+                    # argument at fault (the gateway cannot check it at start: the
+                    # providers are the generation service's, docs/gateway.md).
+                    raise FailedPrecondition(
+                        f"unknown provider {quote(provider_name)} (configured: {known}), the "
+                        f"gateway's default ({options.provider_setting}): name a provider "
+                        "in the request, or the operator must correct the setting",
+                        field=provider_field,
+                        reason="UNKNOWN_PROVIDER",
+                        metadata={"setting": options.provider_setting},
+                    )
                 raise refusal_at(provider_field)(
                     f"unknown provider {quote(provider_name)} (configured: {known})",
                     field=provider_field,

@@ -325,6 +325,45 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
     assert stack.fake.chat_requests == []
 
 
+async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
+    stack_factory: StackFactory,
+) -> None:
+    # The gateway cannot check GENSEARCH_GATEWAY_DEFAULT_PROVIDER at start: the providers
+    # are the generation service's. A request that names none was refused INVALID_ARGUMENT
+    # on generate.provider, a field the caller never sent, for the operator's setting.
+    stack = await stack_factory(default_provider="nosuch")
+    # A collection without generative defaults: the gateway's default applies.
+    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    ask = gw_pb.AskRequest(
+        collection="Books", llm_question="Which?", near_vector=ret_pb.NearVector(vector=[0.5] * DIM)
+    )
+    for call, field in (
+        (
+            stack.stub.GenerativeSearch(
+                books_search(single_prompt="About {title}"), metadata=ALICE
+            ),
+            "generate.provider",
+        ),
+        (stack.stub.Ask(ask, metadata=ALICE), "provider"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"], info.metadata["setting"]) == (
+            "UNKNOWN_PROVIDER",
+            field,
+            "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
+        )
+        assert "GENSEARCH_GATEWAY_DEFAULT_PROVIDER" in (caught.value.details() or "")
+    # A request naming a provider of its own is answered.
+    response = await stack.stub.GenerativeSearch(
+        books_search(single_prompt="About {title}", provider="fake"), metadata=ALICE
+    )
+    assert all(h.generation.result for h in response.hits)
+    assert len(stack.fake.chat_requests) == len(response.hits)
+
+
 def _with(request: gw_pb.AskRequest, **fields: Any) -> gw_pb.AskRequest:
     changed = gw_pb.AskRequest()
     changed.CopyFrom(request)
