@@ -113,3 +113,95 @@ def test_every_rows_default_is_the_codes(service: str) -> None:
         if documented != actual:
             wrong.append(f"{name}: docs say {cell.strip()!r}, the code {actual!r}")
     assert wrong == [], f"docs/{service}.md"
+
+
+# docs/operations.md's tables of settings several services share (Limits, Quotas) and the
+# README's table: "| setting | default | ... |" or "| variable | default | what |". A row
+# may name several variables ("`KEEPALIVE_TIME` / `KEEPALIVE_TIMEOUT`", "`A` / `_B`", a
+# suffix of the first one's namespace) with as many defaults ("60 / 20 s", the unit said
+# once), or one `<SERVICE>` variable with a default per service in the README's order
+# (gateway / memory / retrieval / generation).
+SHARED_TABLE = re.compile(
+    r"^\| (?:setting|variable) \| default \| (?:what it stops|counts|what) \|\n\|[-|]+\|\n"
+    r"((?:\|.*\n)+)",
+    re.M,
+)
+SERVICE_ORDER = ("gateway", "memory", "retrieval", "generation")
+BARE_NUMBER = re.compile(r"[0-9][0-9.,]*")
+NAMESPACE_OF = re.compile(r"(GENSEARCH_(?:<SERVICE>|GATEWAY|MEMORY|RETRIEVAL|GENERATION))_")
+
+
+def _shared_rows(text: str) -> list[tuple[str, str, str]]:
+    """(service, variable, default cell) for every row naming a variable a service reads,
+    where the cell says one value (free prose, such as a default per service spelt out in
+    words, is left to the service's own table)."""
+    found = []
+    for table in SHARED_TABLE.findall(text):
+        for line in table.splitlines():
+            name_cell, default_cell = (c.strip() for c in line.strip("|").split(" | ")[:2])
+            names = re.findall(r"`([A-Z0-9_<>]+)`", name_cell.split(",")[0])
+            defaults = [d.strip() for d in default_cell.split(" / ")]
+            unit = defaults[-1].partition(" ")[2].split(" ")[0]
+            namespace = NAMESPACE_OF.match(names[0]) if names else None
+            for i, name in enumerate(names):
+                if name.startswith("_") and namespace:  # a suffix: the first one's namespace
+                    name = namespace.group(1) + name
+                for service in SERVICE_ORDER:
+                    if len(names) == len(defaults):
+                        cell = defaults[i]
+                    elif len(names) == 1 and len(defaults) == len(SERVICE_ORDER):
+                        cell = defaults[SERVICE_ORDER.index(service)]
+                    else:
+                        cell = default_cell
+                    if unit in UNITS and BARE_NUMBER.fullmatch(cell):
+                        cell = f"{cell} {unit}"
+                    found.append((service, name.replace("<SERVICE>", service.upper()), cell))
+    return found
+
+
+def _wrong_shared_defaults(text: str) -> list[str]:
+    wrong = []
+    for service, name, cell in _shared_rows(text):
+        settings = SETTINGS[service]
+        # A bare name in operations.md's Limits table is in every service's namespace.
+        variable = name if name.startswith("GENSEARCH_") else settings.namespace() + name
+        field = settings.env_names().get(variable)
+        if field is None:
+            continue  # another service's variable
+        documented, actual = _documented(cell), _default(settings, field)
+        if isinstance(actual, dict) or (isinstance(documented, str) and " " in cell.strip("`")):
+            continue  # a JSON default or prose: the service's own table says it exactly
+        if isinstance(documented, str) and isinstance(actual, bool):
+            documented = {"true": True, "false": False}.get(documented, documented)
+        if isinstance(documented, str) and isinstance(actual, float):
+            documented = float(documented) if BARE_NUMBER.fullmatch(documented) else documented
+        if documented == "none":
+            documented = None
+        if settings.model_fields[field].annotation is Path:  # "./data" is "data"
+            documented, actual = Path(str(documented)), Path(str(actual))
+        if documented != actual:
+            wrong.append(f"{variable}: docs say {cell!r}, the code {actual!r}")
+    return wrong
+
+
+@pytest.mark.parametrize("doc", ["docs/operations.md", "README.md"])
+def test_the_shared_tables_defaults_are_the_codes(doc: str) -> None:
+    text = (DOCS.parent / doc).read_text(encoding="utf-8")
+    assert len(_shared_rows(text)) >= 40
+    assert _wrong_shared_defaults(text) == [], doc
+
+
+def test_the_shared_tables_check_finds_a_wrong_default() -> None:
+    # Not vacuous: a value, a value of a pair and a per-service value each found wrong.
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    for right, wrong in (
+        ("| `STREAM_IDLE_TIMEOUT` | 30 s |", "| `STREAM_IDLE_TIMEOUT` | 45 s |"),
+        ("| 60 / 20 s |", "| 60 / 25 s |"),
+        ("| `GENSEARCH_GATEWAY_QUOTA_LEASE` | 30 s |", "| `GENSEARCH_GATEWAY_QUOTA_LEASE` | 3 s |"),
+    ):
+        assert right in text
+        assert _wrong_shared_defaults(text.replace(right, wrong)) != [], wrong
+    readme = (DOCS.parent / "README.md").read_text(encoding="utf-8")
+    right = "| 9090 / 9091 / 9092 / 9093 |"
+    assert right in readme
+    assert _wrong_shared_defaults(readme.replace(right, "| 9090 / 9091 / 9099 / 9093 |"))
