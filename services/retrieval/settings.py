@@ -298,6 +298,26 @@ class RetrievalSettings(DownstreamSettings):
     _local_model_path = field_validator("local_model_path")(model_directory)
     _qdrant_url = field_validator("qdrant_url")(qdrant_url_setting)
 
+    @field_validator("local_model_name")
+    @classmethod
+    def _local_model_name_a_request_could_name(cls, value: str) -> str:
+        # Stored as the vectorizer model of every collection using the local model, and
+        # the only model name a request may give it: held to a request's model name shape
+        # at start. Spaces only, a control character or an empty name was accepted and
+        # stored, a name no request could send back.
+        if not value:
+            raise ValueError("must name the local model (collections store it)")
+        return model_name_setting(value)
+
+    @model_validator(mode="after")
+    def _local_model_name_within_max(self) -> RetrievalSettings:
+        problem = model_setting_too_long(
+            self.local_model_name, self.max_model_chars, "max_model_chars"
+        )
+        if problem:
+            raise ValueError(f"local_model_name: {problem}")
+        return self
+
     @model_validator(mode="after")
     def _rerank_models_within_max(self) -> RetrievalSettings:
         # Sent with every rerank naming no model: held at start to the bound a request's
