@@ -196,6 +196,18 @@ def bind_host_setting(value: str) -> str:
     return host
 
 
+def header_secret_setting(value: SecretStr) -> SecretStr:
+    """A secret the service sends in a header (the internal token, a Qdrant API key): only
+    printable ASCII, checked at start. gRPC refuses to send anything else, and so does
+    the HTTP client under qdrant-client: a Qdrant key with a trailing newline read as
+    "Qdrant unavailable" for ever, and one with a non-ASCII letter stopped retrieval at
+    start with a traceback. Never quoted: it is a secret."""
+    problem = header_value_problem(value.get_secret_value())
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class CommonSettings(BaseSettings):
     """The base of every service's settings.
 
@@ -373,16 +385,10 @@ class CommonSettings(BaseSettings):
 
     _host = field_validator("host")(bind_host_setting)
 
-    @field_validator("internal_token")
-    @classmethod
-    def _token_fits_a_header(cls, value: SecretStr) -> SecretStr:
-        # Sent by the gateway in a gRPC header with every call it passes on: a token gRPC
-        # cannot send (a trailing newline from a Secret made of a file) failed every one of
-        # them, while both services had started clean. Never quoted: it is a secret.
-        problem = header_value_problem(value.get_secret_value())
-        if problem:
-            raise ValueError(problem)
-        return value
+    # Sent by the gateway in a gRPC header with every call it passes on: a token gRPC cannot
+    # send (a trailing newline from a Secret made of a file) failed every one of them, while
+    # both services had started clean.
+    _token_fits_a_header = field_validator("internal_token")(header_secret_setting)
 
     @model_validator(mode="after")
     def _grace_needs_age(self) -> Self:

@@ -15,6 +15,7 @@ from services.common.settings import (
     DownstreamSettings,
     data_dir_problem,
     defaults_within_their_maximum,
+    header_secret_setting,
     model_directory,
     qdrant_url_setting,
     redis_cluster_problem,
@@ -173,6 +174,7 @@ class MemorySettings(DownstreamSettings):
 
     _search_model_path = field_validator("search_model_path")(model_directory)
     _search_qdrant_url = field_validator("search_qdrant_url")(qdrant_url_setting)
+    _search_qdrant_api_key = field_validator("search_qdrant_api_key")(header_secret_setting)
 
     _key_prefix = field_validator("key_prefix")(redis_key_prefix_setting)
 

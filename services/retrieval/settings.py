@@ -17,6 +17,7 @@ from services.common.settings import (
     NAMESPACES,
     DownstreamSettings,
     data_dir_problem,
+    header_secret_setting,
     model_directory,
     qdrant_url_setting,
 )
@@ -297,6 +298,7 @@ class RetrievalSettings(DownstreamSettings):
 
     _local_model_path = field_validator("local_model_path")(model_directory)
     _qdrant_url = field_validator("qdrant_url")(qdrant_url_setting)
+    _qdrant_api_key = field_validator("qdrant_api_key")(header_secret_setting)
 
     @field_validator("local_model_name")
     @classmethod

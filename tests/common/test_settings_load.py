@@ -283,6 +283,18 @@ def test_a_malformed_api_key_entry_is_one_line_without_the_key(
             "TOPSECRET\n",
             "GENSEARCH_INTERNAL_TOKEN: must be printable ASCII",
         ),
+        # The HTTP client under qdrant-client sends neither: a newline read as "Qdrant
+        # unavailable" for ever, a non-ASCII letter stopped retrieval with a traceback.
+        (
+            "GENSEARCH_RETRIEVAL_QDRANT_API_KEY",
+            "TOPSECRET\n",
+            "GENSEARCH_RETRIEVAL_QDRANT_API_KEY: must be printable ASCII",
+        ),
+        (
+            "GENSEARCH_MEMORY_SEARCH_QDRANT_API_KEY",
+            "TOPSECR\u00c9T",
+            "GENSEARCH_MEMORY_SEARCH_QDRANT_API_KEY: must be printable ASCII",
+        ),
         # Keys no caller can send in its authorization header: they matched no call.
         (
             "GENSEARCH_API_KEYS",
@@ -300,7 +312,9 @@ def test_a_key_or_token_grpc_cannot_send_stops_the_service(
     variable: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(variable, value)
-    for settings in (GatewaySettings, MemorySettings):
+    for settings in (GatewaySettings, MemorySettings, RetrievalSettings):
+        if variable not in settings.env_names():
+            continue
         message = _refusal(settings)
         assert message.startswith(f"invalid setting {line}"), message
         assert "TOPSECR" not in message and "\n" not in message
