@@ -306,19 +306,11 @@ class RetrievalSettings(DownstreamSettings):
         # Stored as the vectorizer model of every collection using the local model, and
         # the only model name a request may give it: held to a request's model name shape
         # at start. Spaces only, a control character or an empty name was accepted and
-        # stored, a name no request could send back.
+        # stored, a name no request could send back. Its length is not held to
+        # MAX_MODEL_CHARS: a request naming no model gets it whatever its length.
         if not value:
             raise ValueError("must name the local model (collections store it)")
         return model_name_setting(value)
-
-    @model_validator(mode="after")
-    def _local_model_name_within_max(self) -> RetrievalSettings:
-        problem = model_setting_too_long(
-            self.local_model_name, self.max_model_chars, "max_model_chars"
-        )
-        if problem:
-            raise ValueError(f"local_model_name: {problem}")
-        return self
 
     @model_validator(mode="after")
     def _rerank_models_within_max(self) -> RetrievalSettings:

@@ -345,7 +345,6 @@ def test_keys_and_tokens_of_printable_ascii_are_accepted(monkeypatch: pytest.Mon
         ("   ", "a model name must not be only spaces"),
         ("mini\x07lm", "a model name must not contain control characters"),
         ("", "must name the local model (collections store it)"),
-        ("m" * 257, "a model name is at most 256 characters (GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS)"),
     ],
 )
 def test_a_local_model_name_no_request_could_name_stops_retrieval(
@@ -357,14 +356,6 @@ def test_a_local_model_name_no_request_could_name_stops_retrieval(
     message = _refusal(RetrievalSettings)
     assert message.startswith("invalid setting GENSEARCH_RETRIEVAL_LOCAL_MODEL_NAME"), message
     assert problem in message
-
-
-def test_a_local_model_name_within_a_raised_max_is_accepted(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("GENSEARCH_RETRIEVAL_LOCAL_MODEL_NAME", "m" * 300)
-    monkeypatch.setenv("GENSEARCH_RETRIEVAL_MAX_MODEL_CHARS", "300")
-    assert load_settings(RetrievalSettings).local_model_name == "m" * 300
 
 
 def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
