@@ -16,6 +16,7 @@ turns an invalid one into a line naming the variable and an exit, not a tracebac
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -43,6 +44,7 @@ from urllib3.util import parse_url
 from services.common.api_keys import ApiKeyError, header_value_problem, load_keys
 from services.common.auth import DEFAULT_MAX_CALLER_KEY_BYTES, Identity
 from services.common.logs import url_secrets
+from services.common.suggest import closest
 
 log = logging.getLogger("gensearch.settings")
 
@@ -194,6 +196,27 @@ def bind_host_setting(value: str) -> str:
         except ValueError:
             raise ValueError(f"must be {HOST_FORMS}") from None
     return host
+
+
+@functools.cache
+def gensearch_methods() -> frozenset[str]:
+    """The names of every method of the four gensearch services (their descriptors)."""
+    from gensearch.gateway.v1 import gateway_service_pb2
+    from gensearch.generation.v1 import generation_service_pb2
+    from gensearch.memory.v1 import memory_service_pb2
+    from gensearch.retrieval.v1 import retrieval_service_pb2
+
+    return frozenset(
+        method.name
+        for module in (
+            gateway_service_pb2,
+            generation_service_pb2,
+            memory_service_pb2,
+            retrieval_service_pb2,
+        )
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    )
 
 
 def header_secret_setting(value: SecretStr) -> SecretStr:
@@ -384,6 +407,24 @@ class CommonSettings(BaseSettings):
         return level
 
     _host = field_validator("host")(bind_host_setting)
+
+    @field_validator("request_limits")
+    @classmethod
+    def _request_limits_name_methods(cls, value: dict[str, int]) -> dict[str, int]:
+        # A method of another service is ignored (one value may be copied to several
+        # namespaces), but a name no gensearch service has is a typo: the variable replaces
+        # the whole default, so {"ImportObject": ...} silently cut ImportObjects to
+        # MAX_REQUEST_BYTES (16 MiB import batches refused) with a clean start.
+        known = gensearch_methods()
+        for name in value:
+            if name not in known:
+                hint = closest(name, sorted(known))
+                also = f" (did you mean {hint}?)" if hint else ""
+                raise ValueError(
+                    f"{name[:64]!r} is no method of a gensearch service{also}: keys are "
+                    "method names such as ImportObjects"
+                )
+        return value
 
     # Sent by the gateway in a gRPC header with every call it passes on: a token gRPC cannot
     # send (a trailing newline from a Secret made of a file) failed every one of them, while

@@ -358,6 +358,28 @@ def test_a_local_model_name_no_request_could_name_stops_retrieval(
     assert problem in message
 
 
+def test_a_request_limit_naming_no_method_stops_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The variable replaces the whole default: a typo left ImportObjects at 4 MiB, so every
+    # 16 MiB import batch was refused, after a clean start.
+    monkeypatch.setenv("GENSEARCH_RETRIEVAL_REQUEST_LIMITS", '{"ImportObject": 33554432}')
+    assert _refusal(RetrievalSettings) == (
+        "invalid setting GENSEARCH_RETRIEVAL_REQUEST_LIMITS: 'ImportObject' is no method of "
+        "a gensearch service (did you mean ImportObjects?): keys are method names such as "
+        "ImportObjects"
+    )
+
+
+def test_a_request_limit_of_another_services_method_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One value may be copied to every namespace: memory ignores ImportObjects.
+    limits = '{"ImportObjects": 33554432, "CreateInteraction": 8388608}'
+    monkeypatch.setenv("GENSEARCH_MEMORY_REQUEST_LIMITS", limits)
+    assert load_settings(MemorySettings).request_limit("ImportObjects") == 33554432
+
+
 def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.startswith("GENSEARCH_GENERATION_")]:
         monkeypatch.delenv(name)
