@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -40,6 +40,7 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from services.common.api_keys import header_value_problem
 from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy
 from services.common.model_names import (
     MAX_MODEL_CHARS,
@@ -440,6 +441,22 @@ def provider_prefix(name: str) -> str:
     return NAMESPACES["generation"] + name.upper().replace("-", "_") + "_"
 
 
+def provider_key_problems(
+    configs: Iterable[ProviderConfig], environ: Mapping[str, str]
+) -> list[str]:
+    """A provider key variable holding what no HTTP header can (a control character, a
+    non-ASCII letter; spaces around it are stripped where it is read, keys.env_key): the
+    HTTP client under the openai SDK raised UnicodeEncodeError on every call to that
+    provider, after a clean start. Names the variable, never the key."""
+    problems = []
+    for config in configs:
+        for name in config.api_key_env:
+            problem = header_value_problem(environ.get(name, "").strip())
+            if problem:
+                problems.append(f"{name} (the key of provider {config.name!r}): {problem}")
+    return problems
+
+
 class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["generation"])
 
@@ -573,10 +590,10 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
 
     def problems(self) -> list[str]:
         try:
-            self.provider_configs()
+            configs = self.provider_configs()
         except ProviderError as err:
             return err.problems
-        return []
+        return provider_key_problems(configs.values(), os.environ)
 
     def reads(self, name: str) -> bool:
         """Also ``GENSEARCH_GENERATION_<PROVIDER>_<FIELD>`` of a known provider: a typo in

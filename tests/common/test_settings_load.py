@@ -390,6 +390,23 @@ def _generation_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GENSEARCH_GENERATION_DEFAULT_PROVIDER", "fake")
 
 
+def test_a_provider_key_no_http_header_can_hold_stops_generation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pasted key with a typographic letter: the openai SDK's HTTP client raised
+    # UnicodeEncodeError on every call to the provider, after a clean start.
+    _generation_env(monkeypatch)
+    monkeypatch.setenv("OPENAI_APIKEY", "sk-TOPSECR\u00c9T")
+    message = _refusal(GenerationSettings)
+    assert message == (
+        "invalid setting OPENAI_APIKEY (the key of provider 'openai'): must be printable "
+        "ASCII (no control characters, newlines or non-ASCII letters)"
+    )
+    # Spaces and a newline around it are stripped where it is read: accepted.
+    monkeypatch.setenv("OPENAI_APIKEY", "sk-TOPSECRET\n")
+    assert load_settings(GenerationSettings).default_provider == "fake"
+
+
 @pytest.mark.parametrize(
     ("variables", "lines"),
     [
