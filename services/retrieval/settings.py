@@ -308,7 +308,7 @@ class RetrievalSettings(DownstreamSettings):
         # at start. Spaces only, a control character or an empty name was accepted and
         # stored, a name no request could send back. Its length is not held to
         # MAX_MODEL_CHARS: a request naming no model gets it whatever its length.
-        if not value:
+        if not value.strip():  # model_name_setting's "leave it empty" would mislead here
             raise ValueError("must name the local model (collections store it)")
         return model_name_setting(value)
 

@@ -342,7 +342,7 @@ def test_keys_and_tokens_of_printable_ascii_are_accepted(monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ("   ", "a model name must not be only spaces"),
+        ("   ", "must name the local model (collections store it)"),
         ("mini\x07lm", "a model name must not contain control characters"),
         ("", "must name the local model (collections store it)"),
     ],
