@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
 from tests.gateway.conftest import ALICE, Stack, StackFactory, create_books, vector
+from tests.support.client_streams import on_schedule
 from tests.support.rpc import error_info
 
 IDLE = 2.0  # the gateway's STREAM_IDLE_TIMEOUT here; retrieval keeps its 30 s
@@ -39,20 +40,6 @@ async def _then_silent(
     for message in messages:
         yield message
     await asyncio.Event().wait()
-
-
-async def _off_the_beat() -> AsyncIterator[int]:
-    """Ticks 0, 1, 2, ... every IDLE / 3 from IDLE / 6 on, to send a message on each: never
-    at a multiple of IDLE from the stream's first message, when the gateway ends it. A
-    message grpc-aio writes just as the gateway's status arrives fails its send, and the
-    client then reports INTERNAL ("Internal error from Core") in place of that status; a
-    tick every IDLE / 4 fell on IDLE itself, and one CI run read INTERNAL."""
-    await asyncio.sleep(IDLE / 6)
-    i = 0
-    while True:
-        yield i
-        i += 1
-        await asyncio.sleep(IDLE / 3)
 
 
 async def _count(stack: Stack) -> int:
@@ -186,17 +173,23 @@ async def test_empty_messages_do_not_hold_the_quota_slot(
 ) -> None:
     """An ImportObjects stream sending a message without objects every IDLE / 4 held
     alice's only quota slot until its deadline (a bare DEADLINE_EXCEEDED, no ErrorInfo):
-    such a message is no progress, so the gateway ends it STREAM_IDLE, what it imported
-    kept and said, and her slot is free again."""
+    such a message is no progress, so the gateway ends it STREAM_IDLE, IDLE after the
+    batch, what it imported kept and said, and her slot is free again.
 
-    async def keeping_alive() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
-        yield _batch(40, 2, "Books")
-        async for _ in _off_the_beat():
-            yield ret_pb.ImportObjectsRequest()
-
-    call = asyncio.ensure_future(
-        stack.retrieval.ImportObjects(keeping_alive(), metadata=ALICE, timeout=6 * IDLE)
+    Two empty messages (IDLE / 3 apart) carry the stream past that end on a gateway that
+    takes them as progress, where a batch at 1.4 IDLE is imported too (3 objects, not 2).
+    Ended, the stream sends nothing more: no message is written within IDLE / 3 of the
+    end (tests/support/client_streams.py; a tick every IDLE / 4 fell on it in CI and the
+    client read INTERNAL)."""
+    empty = ret_pb.ImportObjectsRequest()
+    keeping_alive = on_schedule(
+        _batch(40, 2, "Books"),
+        (IDLE / 3, lambda: empty),
+        (2 * IDLE / 3, lambda: empty),
+        (1.4 * IDLE, lambda: None if relayed.done() else _batch(42, 1)),
     )
+    relayed = stack.retrieval.ImportObjects(keeping_alive, metadata=ALICE, timeout=6 * IDLE)
+    call = asyncio.ensure_future(relayed)
     await _holds_a_quota_slot(shared_redis.url, quota_prefix, call)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await call
@@ -221,13 +214,17 @@ async def test_a_stream_past_its_lifetime_ends_and_says_what_it_imported(
     )
     await create_books(stack)
 
-    async def trickle() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
-        yield _batch(50, 1, "Books")
-        async for i in _off_the_beat():
-            yield _batch(51 + i, 1)
-
+    # One object every IDLE / 8 for half the lifetime, then nothing: the stream stays
+    # within its idle timeout until its lifetime ends it (a gateway without one ends it
+    # STREAM_IDLE at 1.5 IDLE), and no message is written within IDLE / 2 of that end
+    # (grpc/grpc#36066: one written as the status comes reads INTERNAL;
+    # tests/support/client_streams.py).
+    trickle = on_schedule(
+        _batch(50, 1, "Books"),
+        *((i * IDLE / 8, lambda i=i: _batch(50 + i, 1)) for i in range(1, 5)),
+    )
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await stack.retrieval.ImportObjects(trickle(), metadata=ALICE, timeout=10 * IDLE)
+        await stack.retrieval.ImportObjects(trickle, metadata=ALICE, timeout=10 * IDLE)
     err = ended.value
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     info = error_info(err)

@@ -14,6 +14,7 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, obj, vector_collection
+from tests.support.client_streams import on_schedule
 from tests.support.rpc import error_info
 
 IDLE = 2.0
@@ -99,22 +100,23 @@ async def test_a_slow_stream_within_the_timeout_completes(retrieval: Retrieval) 
 
 async def test_empty_messages_do_not_keep_a_stream_open(retrieval: Retrieval) -> None:
     """A message without objects is no progress: one sent every IDLE / 4 kept the stream,
-    its call slot and its tenant's quota slot for ever (here: until the client's deadline,
-    a bare DEADLINE_EXCEEDED). It ends STREAM_IDLE, the objects before it kept and said."""
+    its call slot and its tenant's quota slot for ever. It ends STREAM_IDLE, IDLE after the
+    batch, the objects before it kept and said.
 
-    async def keeping_alive() -> AsyncIterator[pb.ImportObjectsRequest]:
-        yield _batch(2, "A")
-        # Half a period off the stream's idle end (IDLE after the batch): a message sent
-        # just as the server ends the call fails in the client's gRPC core ("Internal error
-        # from Core", INTERNAL), which hid the server's status (seen once in CI, where the
-        # fourth message fell on the end exactly).
-        await asyncio.sleep(IDLE / 8)
-        while True:
-            yield pb.ImportObjectsRequest()
-            await asyncio.sleep(IDLE / 4)
-
+    Two empty messages (IDLE / 3 apart) carry the stream past that end on a server that
+    takes them as progress, where a batch at 1.4 IDLE is imported too (3 objects, not 2).
+    Ended, the stream sends nothing more: no message is written within IDLE / 3 of the end
+    (tests/support/client_streams.py; a tick every IDLE / 4 fell on it once in CI, INTERNAL)."""
+    empty = pb.ImportObjectsRequest()
+    keeping_alive = on_schedule(
+        _batch(2, "A"),
+        (IDLE / 3, lambda: empty),
+        (2 * IDLE / 3, lambda: empty),
+        (1.4 * IDLE, lambda: None if call.done() else _batch(1)),
+    )
+    call = retrieval.stub.ImportObjects(keeping_alive, timeout=6 * IDLE)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await retrieval.stub.ImportObjects(keeping_alive(), timeout=6 * IDLE)
+        await call
     _assert_idle(ended.value, 2)
     assert retrieval.server.call_slots.in_flight == 0
     assert await _count(retrieval) == 2
@@ -134,14 +136,14 @@ async def test_a_stream_past_its_lifetime_ends_keeping_what_it_imported(
         pb.CreateCollectionRequest(collection=vector_collection("A"))
     )
 
-    async def trickle() -> AsyncIterator[pb.ImportObjectsRequest]:
-        yield _batch(1, "A")
-        while True:
-            await asyncio.sleep(IDLE / 8)
-            yield _batch(1)
-
+    # One object every IDLE / 8 for half the lifetime, then nothing: the stream stays
+    # within its idle timeout until its lifetime ends it (a server without one ends it
+    # STREAM_IDLE at 1.5 IDLE), and no message is written within IDLE / 2 of that end. A
+    # message every IDLE / 8 to the end fell on it (grpc/grpc#36066: INTERNAL;
+    # tests/support/client_streams.py).
+    trickle = on_schedule(_batch(1, "A"), *((i * IDLE / 8, lambda: _batch(1)) for i in range(1, 5)))
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await harness.stub.ImportObjects(trickle(), timeout=10 * IDLE)
+        await harness.stub.ImportObjects(trickle, timeout=10 * IDLE)
     err = ended.value
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     info = error_info(err)

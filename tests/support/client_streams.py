@@ -1,0 +1,39 @@
+"""Client streams a server ends while they are open, without the race of grpc/grpc#36066.
+
+A grpc-python asyncio client whose message is being written just as the server's status
+arrives reports INTERNAL ("Internal error from Core") in place of that status. A stream the
+chassis ends as idle (STREAM_IDLE) or past its lifetime (STREAM_TOO_LONG) ends at once: its
+pending read was cancelled, so nothing drains what the client still sends
+(``chassis._drain`` reads nothing more then). A test stream that keeps sending through that
+end writes a message just as the status comes, once in a while: CI read INTERNAL twice
+(tests/gateway/test_stream_idle.py, a tick every IDLE / 4 falling on IDLE).
+
+``on_schedule`` sends each message at a set time and then nothing, never half-closing: a
+test places its messages well clear of the server's end (most of a second, far more than
+a loaded machine moves either), and sends one past that end only while the call is still
+open (its callable returns None once the call is done): so only on a server that failed
+to end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+
+async def on_schedule(
+    first: Any, *later: tuple[float, Callable[[], Any | None]]
+) -> AsyncIterator[Any]:
+    """Sends ``first``, then, at each ``(seconds, message)`` of ``later`` (seconds after
+    ``first``, ascending), what ``message()`` returns (nothing when it returns None); then
+    waits for ever, never half-closing (a client that stalled)."""
+    loop = asyncio.get_running_loop()
+    yield first
+    start = loop.time()
+    for at, message in later:
+        await asyncio.sleep(max(0.0, start + at - loop.time()))
+        sent = message()
+        if sent is not None:
+            yield sent
+    await asyncio.Event().wait()
