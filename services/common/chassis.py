@@ -68,7 +68,7 @@ from services.common.request_parse import (
 from services.common.request_size import TooLarge, bounded
 from services.common.shutdown_cut import REASON as SHUTDOWN_REASON
 from services.common.shutdown_cut import CallCut, Draining
-from services.common.stream_idle import STALLED, IdleLimit, progress_rule
+from services.common.stream_idle import STALLED, IdleLimit, PendingRead, progress_rule
 from services.common.trace_headers import metadata_getter
 
 log = logging.getLogger("gensearch.rpc")
@@ -393,12 +393,11 @@ class _MethodWrapper:
             return request
         return self._counted(request, held)
 
-    async def _counted(self, requests: AsyncIterator[Any], held: Held | None) -> AsyncIterator[Any]:
+    async def _counted(self, requests: PendingRead, held: Held | None) -> AsyncIterator[Any]:
         received = self.metrics.received
         idle = self.stream_idle
         clock = idle.clock()
         progress = self.progress
-        requests = aiter(requests)
         while True:
             if held is not None:
                 held.release()  # the servicer asks for the next message: done with this one
@@ -484,7 +483,7 @@ class _MethodWrapper:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             begun = self._begin(context)
             code = None
-            requests = request
+            requests = request = PendingRead(request) if request_streaming else request
             held = self._held()
             try:
                 # The slot first, before authentication: the cheapest refusal under a flood.
@@ -511,11 +510,13 @@ class _MethodWrapper:
                 code = status.code
                 request = response = None  # see _forget
                 _forget(err)
-                if request_streaming:
+                if isinstance(requests, PendingRead):
                     await _drain(requests, self._drain_seconds(err))
                 requests = None
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if isinstance(requests, PendingRead):
+                    requests.close()
                 if held is not None:
                     held.release()
                 self._end(context, begun, code)
@@ -538,13 +539,14 @@ class _MethodWrapper:
             holding = None
             held = self._held()
             ended = False
+            reads = PendingRead(request) if request_streaming else None
             try:
                 # Given back however the stream ends, also when the client goes away
                 # mid-stream: gRPC cancels this task, and the CancelledError comes
                 # through the block.
                 with self.call_slots:
                     guard, cutoff = self._admitted(context)
-                    request = self._received(request, request_streaming, held)
+                    request = self._received(reads or request, request_streaming, held)
                     self._room()
                     holding = self._holding()
                     async with guard:
@@ -584,6 +586,8 @@ class _MethodWrapper:
                     # The client went away before it read the status: gRPC fails the
                     # status' send; nothing is left to tell it.
             finally:
+                if reads is not None:
+                    reads.close()
                 if holding is not None:
                     holding.release()  # a message the stream ended with or left unsent
                 if held is not None:
@@ -751,7 +755,7 @@ def _passing_bytes(
 DRAIN_SECONDS = 2.0
 
 
-async def _drain(requests: AsyncIterator[Any], seconds: float = DRAIN_SECONDS) -> None:
+async def _drain(requests: PendingRead, seconds: float = DRAIN_SECONDS) -> None:
     """Reads, and drops, the rest of a client stream before the call ends with an error.
 
     A grpc-python asyncio client still writing when our status arrives reports INTERNAL
@@ -759,11 +763,14 @@ async def _drain(requests: AsyncIterator[Any], seconds: float = DRAIN_SECONDS) -
     forwarding ImportObjects, did so when retrieval refused an early message. Reading on
     until the client half-closes (for ``seconds`` at most) lets it see the real status.
     Any failure here (the stream broken, or read elsewhere at the same time) ends the
-    drain; the status is sent all the same."""
+    drain; the status is sent all the same. A read still running from the wait that
+    ended the call (STREAM_IDLE, STREAM_TOO_LONG) is taken over, not started again, and
+    one still running at the end is ended (``PendingRead``)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(seconds):
-            async for _ in requests:
-                pass
+            while True:
+                await requests.within(None)
+    requests.close()
 
 
 def _too_large_hint(service: str, name: str) -> str:

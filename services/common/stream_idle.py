@@ -108,7 +108,7 @@ class IdleLimit:
         ends_at = loop.time() + self.max_seconds if self.max_seconds else None
         return StreamClock(ends_at)
 
-    async def next_of_stream(self, requests: AsyncIterator[Any], clock: StreamClock) -> Any:
+    async def next_of_stream(self, requests: PendingRead, clock: StreamClock) -> Any:
         """The next message of the client stream ``requests`` (StopAsyncIteration at its
         end): ``STREAM_IDLE`` when none comes within what is left of ``seconds`` since its
         last message that carried something (``clock.progress``), ``STREAM_TOO_LONG`` when
@@ -123,14 +123,10 @@ class IdleLimit:
                 raise self.too_long()
             if left < wait:
                 wait, ends_first = left, True
-        timeout = asyncio.timeout(wait)
         try:
-            async with timeout:
-                return await anext(requests)
+            return await requests.within(wait)
         except TimeoutError:
-            if timeout.expired():
-                raise (self.too_long() if ends_first else self.error()) from None
-            raise
+            raise (self.too_long() if ends_first else self.error()) from None
         finally:
             clock.idle += loop.time() - began
 
@@ -195,6 +191,51 @@ class IdleLimit:
             raise
         except Exception as err:
             raise asyncio.CancelledError from err
+
+
+class PendingRead:
+    """A client stream's reader whose read outlives a wait that timed out.
+
+    Cancelling a read of gRPC's request reader closes that reader (an async generator):
+    the call could then read nothing more of its client. But a call ended STREAM_IDLE or
+    STREAM_TOO_LONG reads on before it answers (the chassis' drain), because a
+    grpc-python asyncio client still writing when the status arrives reports INTERNAL
+    ("Internal error from Core") in its place, and loses the counts the status carries
+    (grpc/grpc#36066): an importer streaming steadily into its lifetime's end read
+    INTERNAL. So a wait that times out leaves its read running, and the next wait (the
+    drain's) takes it over; ``close`` ends a read still running when the call ends."""
+
+    __slots__ = ("_read", "_reader")
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._reader = aiter(requests)
+        self._read: asyncio.Task[Any] | None = None
+
+    async def within(self, seconds: float | None) -> Any:
+        """The next message (StopAsyncIteration at the stream's end); TimeoutError when
+        none came within ``seconds`` (None: no bound), the read still running."""
+        read = self._read
+        if read is None:
+            read = self._read = asyncio.ensure_future(anext(self._reader))
+            read.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait((read,), timeout=seconds)
+        if not done:
+            raise TimeoutError
+        self._read = None
+        return read.result()
+
+    def close(self) -> None:
+        """Ends the read still running, if any: the call is over."""
+        if self._read is not None:
+            self._read.cancel()
+            self._read = None
+
+
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    """Marks a read's failure as seen: a read the call ended (its client gone) fails, and
+    nobody waits for it any more."""
+    if not read.cancelled():
+        read.exception()
 
 
 class StreamClock:

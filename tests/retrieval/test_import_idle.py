@@ -154,3 +154,44 @@ async def test_a_stream_past_its_lifetime_ends_keeping_what_it_imported(
     assert imported >= 1 and info.metadata["received_count"] == str(imported)
     assert harness.server.call_slots.in_flight == 0
     assert await _count(harness) == imported
+
+
+async def test_a_stream_past_its_lifetime_reads_on_what_its_client_still_sends(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """A client stream the server fails is read on until its client half-closes (2 s at
+    most) before the status leaves: a grpc-python asyncio client whose write is under way
+    when the status comes reports INTERNAL ("Internal error from Core") in its place
+    (grpc/grpc#36066), and an importer would lose the counts it needs to resume. A stream
+    ended past its lifetime (or idle) was not: the wait that ended it cancelled its read,
+    which closed gRPC's reader, so the drain read nothing and the status left under the
+    client's writes. Here the client writes every 5 ms until 0.3 s past the lifetime, then
+    half-closes: it must get to its end, and read STREAM_TOO_LONG with its counts. Before,
+    gRPC stopped taking its messages at the status (the client never got to its end)."""
+    lifetime = 0.5
+    harness = await make_retrieval(
+        stream_idle_timeout=IDLE, client_stream_max_seconds=lifetime, max_concurrent_rpcs=1
+    )
+    await harness.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("A"))
+    )
+    loop = asyncio.get_running_loop()
+    finished = False
+
+    async def writing_past(end: float) -> AsyncIterator[pb.ImportObjectsRequest]:
+        nonlocal finished
+        yield _batch(1, "A")
+        while loop.time() < end:
+            await asyncio.sleep(0.005)
+            yield _batch(1)
+        finished = True
+
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await harness.stub.ImportObjects(writing_past(loop.time() + lifetime + 0.3), timeout=10)
+    err = ended.value
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
+    info = error_info(err)
+    assert info.reason == "STREAM_TOO_LONG"
+    assert finished  # every message it wrote was taken, then the status came
+    assert harness.server.call_slots.in_flight == 0
+    assert await _count(harness) == int(info.metadata["imported_count"])

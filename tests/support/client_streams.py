@@ -2,11 +2,11 @@
 
 A grpc-python asyncio client whose message is being written just as the server's status
 arrives reports INTERNAL ("Internal error from Core") in place of that status. A stream the
-chassis ends as idle (STREAM_IDLE) or past its lifetime (STREAM_TOO_LONG) ends at once: its
-pending read was cancelled, so nothing drains what the client still sends
-(``chassis._drain`` reads nothing more then). A test stream that keeps sending through that
-end writes a message just as the status comes, once in a while: CI read INTERNAL twice
-(tests/gateway/test_stream_idle.py, a tick every IDLE / 4 falling on IDLE).
+chassis ends as idle (STREAM_IDLE) or past its lifetime (STREAM_TOO_LONG) reads on what its
+client still sends (``chassis._drain``) until it half-closes, 2 s at most: a test stream
+that never half-closes and keeps sending through that end writes a message just as the
+status comes, once in a while: CI read INTERNAL (tests/gateway/test_stream_idle.py, a tick
+every IDLE / 4 falling on IDLE, when the drain read nothing more for such a stream).
 
 ``on_schedule`` sends each message at a set time and then nothing, never half-closing: a
 test places its messages well clear of the server's end (most of a second, far more than
