@@ -75,12 +75,14 @@ async def write_batch(
     ``context.time_remaining``), asked at each embeddings call, which ends within it
     (``Embedder.embed``)."""
     result = BatchResult()
-    # Off the event loop: the checks are pure Python, about 2 us a value, and one batch of
-    # many small values (1,000 objects of 2,000 tags) held every tenant's calls on this
-    # replica for seconds. On a thread the loop still gets the interpreter in turns.
-    ready = await asyncio.to_thread(
-        _prepare_all, schema, objects, first_index, max_value_depth, max_document_chars, result
-    )
+    ready: list[PreparedObject] = []
+    for i, obj in enumerate(objects):
+        try:
+            ready.append(
+                prepare_object(schema, first_index + i, obj, max_value_depth, max_document_chars)
+            )
+        except ObjectInvalid as err:
+            result.errors.append(object_error(first_index + i, obj.id, err.field, err.message))
     sources = schema.source_properties()
     to_embed: list[tuple[PreparedObject, str]] = []
     kept: list[PreparedObject] = []
@@ -186,27 +188,6 @@ def _refused_error(
         + ", ".join(f"{name} ({sizes[name]} characters)" for name in held)
         + "; it was not written: shorten it",
     )
-
-
-def _prepare_all(
-    schema: Schema,
-    objects: Sequence[pb.DataObject],
-    first_index: int,
-    max_value_depth: int,
-    max_document_chars: int | None,
-    result: BatchResult,
-) -> list[PreparedObject]:
-    """The objects of the batch that pass ``prepare_object``; each other one's error goes
-    to ``result.errors``, in batch order."""
-    ready: list[PreparedObject] = []
-    for i, obj in enumerate(objects):
-        try:
-            ready.append(
-                prepare_object(schema, first_index + i, obj, max_value_depth, max_document_chars)
-            )
-        except ObjectInvalid as err:
-            result.errors.append(object_error(first_index + i, obj.id, err.field, err.message))
-    return ready
 
 
 def _points(kept: list[PreparedObject], keyword_fields: list[str]) -> list[StoredPoint]:

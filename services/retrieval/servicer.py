@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -51,7 +51,6 @@ MAX_OBJECTS_SETTING = "GENSEARCH_RETRIEVAL_MAX_OBJECTS_PER_COLLECTION"
 # Query modes that carry text (a rerank stage can rank against it).
 _TEXT_QUERIES = ("near_text", "keyword", "hybrid")
 log = logging.getLogger("gensearch.retrieval")
-T = TypeVar("T")
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
@@ -374,7 +373,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             )
         if not found:
             raise NotFound(f"object {object_id} not found in {schema.name!r}", field="id")
-        return pb.GetObjectResponse(object=await _off_the_loop(_data_object, found[0]))
+        return pb.GetObjectResponse(object=_data_object(found[0]))
 
     async def BatchGetObjects(
         self, request: pb.BatchGetObjectsRequest, context: grpc.aio.ServicerContext
@@ -401,7 +400,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             # in it, so their ids are missing like ids never written.
             by_id = {point.id: point for point in found}
             return pb.BatchGetObjectsResponse(
-                objects=await _off_the_loop(_data_objects, [by_id[i] for i in ids if i in by_id]),
+                objects=[_data_object(by_id[i]) for i in ids if i in by_id],
                 missing_ids=[i for i in ids if i not in by_id],
             )
 
@@ -463,7 +462,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 )
             self._reads.observe(schema.store_name, result.hits)
             return pb.SearchResponse(
-                hits=await _off_the_loop(_hits, result.hits, wanted),
+                hits=[_hit(h, wanted) for h in result.hits],
                 embed_ms=result.embed_ms,
                 query_ms=result.query_ms,
             )
@@ -496,13 +495,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             ranked = await self._rerankers.rerank(
                 plan, schema, result.hits, page.offset + page.limit, time_left=time_left()
             )
-            kept = ranked[page.offset :]
-            if not page.with_vector:
-                for point, _ in kept:
+            hits: list[pb.Hit] = []
+            for point, score in ranked[page.offset :]:
+                if not page.with_vector:
                     point.dense = None
-            hits = await _off_the_loop(_hits, [point for point, _ in kept], wanted)
-            for hit, (_, score) in zip(hits, kept, strict=True):
+                hit = _hit(point, wanted)
                 hit.rerank_score = score
+                hits.append(hit)
             return pb.SearchResponse(hits=hits, embed_ms=result.embed_ms, query_ms=result.query_ms)
 
     async def GetChunks(
@@ -536,7 +535,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                     max_value_chars=self._settings.max_query_text_chars,
                 )
             self._reads.observe(schema.store_name, [p for got, _ in found for p in got])
-            return pb.GetChunksResponse(ranges=await _off_the_loop(_chunk_lists, found, wanted))
+            return pb.GetChunksResponse(
+                ranges=[
+                    pb.ChunkList(chunks=[_hit(p, wanted) for p in got], truncated=truncated)
+                    for got, truncated in found
+                ]
+            )
 
     # -- semantic answer cache (internal: the gateway's Ask; not forwarded to clients) ---
 
@@ -632,32 +636,6 @@ def _query_text(request: pb.SearchRequest) -> str:
     if mode in _TEXT_QUERIES:
         return str(getattr(request, mode).text)
     return ""
-
-
-async def _off_the_loop(build: Callable[..., T], *args: Any) -> T:
-    """``build(*args)`` on a worker thread, or here when there is nothing to build. A
-    reply's properties are turned into a Struct value by value (about 1 us each): one
-    writer's objects of a million tags, read back, held every tenant's calls on the event
-    loop for a second an object."""
-    if not args[0]:
-        return build(*args)
-    return await asyncio.to_thread(build, *args)
-
-
-def _data_objects(points: list[FoundPoint]) -> list[pb.DataObject]:
-    return [_data_object(point) for point in points]
-
-
-def _hits(points: list[FoundPoint], wanted: list[str] | None) -> list[pb.Hit]:
-    return [_hit(point, wanted) for point in points]
-
-
-def _chunk_lists(
-    found: list[tuple[list[FoundPoint], bool]], wanted: list[str] | None
-) -> list[pb.ChunkList]:
-    return [
-        pb.ChunkList(chunks=_hits(got, wanted), truncated=truncated) for got, truncated in found
-    ]
 
 
 def _data_object(point: FoundPoint) -> pb.DataObject:
