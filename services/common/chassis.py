@@ -762,10 +762,10 @@ async def _drain(requests: PendingRead, seconds: float = DRAIN_SECONDS) -> None:
     ("Internal error from Core") instead of that status (grpc/grpc#36066): the gateway,
     forwarding ImportObjects, did so when retrieval refused an early message. Reading on
     until the client half-closes (for ``seconds`` at most) lets it see the real status.
-    Any failure here (the stream broken, or read elsewhere at the same time) ends the
-    drain; the status is sent all the same. A read still running from the wait that
-    ended the call (STREAM_IDLE, STREAM_TOO_LONG) is taken over, not started again, and
-    one still running at the end is ended (``PendingRead``)."""
+    Any failure here (the stream broken) ends the drain; the status is sent all the same.
+    A read still running from the wait that ended the call (STREAM_IDLE, STREAM_TOO_LONG)
+    is taken over, not started again, and one still running at the end is ended; a reader
+    still waiting elsewhere (a relay's request consumer) shares it (``PendingRead``)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(seconds):
             while True:

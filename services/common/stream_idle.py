@@ -125,7 +125,7 @@ class IdleLimit:
                 wait, ends_first = left, True
         try:
             return await requests.within(wait)
-        except TimeoutError:
+        except NoMessageYet:
             raise (self.too_long() if ends_first else self.error()) from None
         finally:
             clock.idle += loop.time() - began
@@ -193,6 +193,11 @@ class IdleLimit:
             raise asyncio.CancelledError from err
 
 
+class NoMessageYet(Exception):
+    """No message within a ``PendingRead`` wait: its own type, so that a TimeoutError of
+    the read itself is not taken for the idle limit."""
+
+
 class PendingRead:
     """A client stream's reader whose read outlives a wait that timed out.
 
@@ -212,15 +217,17 @@ class PendingRead:
         self._read: asyncio.Task[Any] | None = None
 
     async def within(self, seconds: float | None) -> Any:
-        """The next message (StopAsyncIteration at the stream's end); TimeoutError when
-        none came within ``seconds`` (None: no bound), the read still running."""
+        """The next message (StopAsyncIteration at the stream's end); ``NoMessageYet`` when
+        none came within ``seconds`` (None: no bound), the read still running. Waiters at
+        the same time share one read (the drain, and a relay's request consumer still
+        waiting in the servicer): each gets the same message."""
         read = self._read
         if read is None:
             read = self._read = asyncio.ensure_future(anext(self._reader))
             read.add_done_callback(_retrieved)
         done, _ = await asyncio.wait((read,), timeout=seconds)
         if not done:
-            raise TimeoutError
+            raise NoMessageYet
         self._read = None
         return read.result()
 

@@ -10,9 +10,10 @@ every IDLE / 4 falling on IDLE, when the drain read nothing more for such a stre
 
 ``on_schedule`` sends each message at a set time and then nothing, never half-closing: a
 test places its messages well clear of the server's end (most of a second, far more than
-a loaded machine moves either), and sends one past that end only while the call is still
-open (its callable returns None once the call is done): so only on a server that failed
-to end it.
+a loaded machine moves either). Such a stream's drain reads for its whole 2 s, and its
+status leaves with no message being written. A message a test sends past the server's end
+lands in that drain (read and dropped) on a server that ended the stream, and is taken on
+one that failed to.
 """
 
 from __future__ import annotations
