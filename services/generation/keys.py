@@ -11,19 +11,17 @@ import os
 from collections.abc import Iterable, Mapping
 
 from services.common.logs import hide_in_this_call, register_secret
-from services.generation.settings import ProviderConfig
+from services.generation.settings import ProviderConfig, chosen_key
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
 
 
 def env_key(config: ProviderConfig, environ: Mapping[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    for name in config.api_key_env:
-        value = env.get(name, "").strip()
-        if value:
-            register_secret(value)
-            return value
-    return None
+    chosen = chosen_key(config, os.environ if environ is None else environ)
+    if chosen is None:
+        return None
+    register_secret(chosen[1])
+    return chosen[1]
 
 
 def request_key(config: ProviderConfig, metadata: Metadata) -> str | None:

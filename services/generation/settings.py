@@ -441,19 +441,39 @@ def provider_prefix(name: str) -> str:
     return NAMESPACES["generation"] + name.upper().replace("-", "_") + "_"
 
 
+def chosen_key(config: ProviderConfig, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The variable whose key calls to ``config`` send, and that key: the first of
+    ``api_key_env`` that holds one (spaces and a newline around it stripped), or None.
+    The one rule keys.env_key sends by and provider_key_problems checks by."""
+    for name in config.api_key_env:
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
 def provider_key_problems(
     configs: Iterable[ProviderConfig], environ: Mapping[str, str]
 ) -> list[str]:
-    """A provider key variable holding what no HTTP header can (a control character, a
-    non-ASCII letter; spaces around it are stripped where it is read, keys.env_key): the
-    HTTP client under the openai SDK raised UnicodeEncodeError on every call to that
-    provider, after a clean start. Names the variable, never the key."""
+    """A provider key holding what no HTTP header can (a control character, a non-ASCII
+    letter): the HTTP client under the openai SDK raised UnicodeEncodeError on every call
+    to that provider, after a clean start. Names the variable, never the key.
+
+    Only the key calls would send is checked (chosen_key): a later variable behind a
+    non-empty earlier one is never read, so OPENAI_API_KEY may hold anything while
+    OPENAI_APIKEY is the key. Every provider is checked, the built-in presets included:
+    a caller may name any of them per request (none has to be configured), so a preset's
+    chosen key that cannot be sent fails every such call just as a configured one's would.
+    """
     problems = []
     for config in configs:
-        for name in config.api_key_env:
-            problem = header_value_problem(environ.get(name, "").strip())
-            if problem:
-                problems.append(f"{name} (the key of provider {config.name!r}): {problem}")
+        chosen = chosen_key(config, environ)
+        if chosen is None:
+            continue
+        name, key = chosen
+        problem = header_value_problem(key)
+        if problem:
+            problems.append(f"{name} (the key of provider {config.name!r}): {problem}")
     return problems
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from services.common.settings import CommonSettings, load_settings
 from services.gateway.settings import GatewaySettings
+from services.generation.keys import env_key
 from services.generation.settings import GenerationSettings
 from services.memory.settings import MemorySettings
 from services.retrieval.settings import RetrievalSettings
@@ -405,6 +406,36 @@ def test_a_provider_key_no_http_header_can_hold_stops_generation(
     # Spaces and a newline around it are stripped where it is read: accepted.
     monkeypatch.setenv("OPENAI_APIKEY", "sk-TOPSECRET\n")
     assert load_settings(GenerationSettings).default_provider == "fake"
+
+
+def test_only_the_key_a_provider_sends_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check read every variable of api_key_env, while calls send only the first one
+    # holding a key (keys.env_key): a stray OPENAI_API_KEY stopped a generation whose
+    # OPENAI_APIKEY was the key in use.
+    _generation_env(monkeypatch)
+    monkeypatch.setenv("OPENAI_APIKEY", "sk-INUSE")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-TOPSECR\u00c9T")
+    settings = load_settings(GenerationSettings)
+    openai = settings.provider_configs()["openai"]
+    assert env_key(openai) == "sk-INUSE"
+    # Empty (or only spaces), the first is passed over by both: the second is sent, and
+    # so it is checked.
+    monkeypatch.setenv("OPENAI_APIKEY", "  ")
+    assert _refusal(GenerationSettings) == (
+        "invalid setting OPENAI_API_KEY (the key of provider 'openai'): must be printable "
+        "ASCII (no control characters, newlines or non-ASCII letters)"
+    )
+
+
+def test_a_preset_nobody_configured_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decided: a caller may name any built-in preset per request, configured or not, and
+    # each such call would send this key and fail.
+    _generation_env(monkeypatch)
+    monkeypatch.setenv("OLLAMA_API_KEY", "caf\u00e9")
+    assert _refusal(GenerationSettings) == (
+        "invalid setting OLLAMA_API_KEY (the key of provider 'ollama'): must be printable "
+        "ASCII (no control characters, newlines or non-ASCII letters)"
+    )
 
 
 @pytest.mark.parametrize(
