@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.api_keys import header_value_problem
 from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy, UrlRefused, canonical_url
 from services.common.model_names import MAX_MODEL_CHARS, model_name_setting, model_setting_too_long
 from services.common.settings import (
@@ -33,6 +36,7 @@ from services.retrieval.schema import (
 )
 from services.retrieval.store import FLUSH_AFTER_OBJECTS, FLUSH_INTERVAL_SECONDS, WRITE_TURN_BYTES
 
+_KEY_URLS = NAMESPACES["retrieval"] + "EMBEDDING_KEY_URLS"
 RERANK_PROVIDER_NAME = r"[a-z0-9][a-z0-9_.-]{0,63}"
 
 
@@ -361,4 +365,24 @@ class RetrievalSettings(DownstreamSettings):
     def problems(self) -> list[str]:
         # Files go in data_dir only for the embedded engine (no qdrant_url).
         problem = None if self.qdrant_url.strip() else data_dir_problem(self.data_dir)
-        return [problem] if problem else []
+        return ([problem] if problem else []) + self.key_problems(os.environ)
+
+    def key_problems(self, environ: Mapping[str, str]) -> list[str]:
+        """An operator's embeddings or rerank key variable holding what no HTTP header can
+        (a control character, a newline, a non-ASCII letter): every call sending it failed,
+        after a clean start (an UpsertObjects was UNAVAILABLE, "malformed body", for
+        ever). Each variable is checked, not only a first one: a collection names any of
+        them. Its value is checked as it is sent, unstripped. Names the variable, never
+        the key."""
+        named = [(name, "an embeddings key in " + _KEY_URLS) for name in self.embedding_key_urls]
+        named += [
+            (p.api_key_env, f"the key of rerank provider {provider!r}")
+            for provider, p in self.rerank_providers.items()
+            if p.api_key_env
+        ]
+        problems = []
+        for name, what in named:
+            problem = header_value_problem(environ.get(name, ""))
+            if problem:
+                problems.append(f"{name} ({what}): {problem}")
+        return problems

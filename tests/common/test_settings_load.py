@@ -438,6 +438,37 @@ def test_a_preset_nobody_configured_is_checked_too(monkeypatch: pytest.MonkeyPat
     )
 
 
+def test_an_embeddings_or_rerank_key_no_http_header_can_hold_stops_retrieval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, retrieval started and every UpsertObjects of a collection naming the
+    # variable was UNAVAILABLE (EMBEDDINGS_UNAVAILABLE, "malformed body"), for ever.
+    monkeypatch.setenv(
+        "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS", '{"TEST_EMBED_KEY": "http://127.0.0.1:9/v1"}'
+    )
+    monkeypatch.setenv(
+        "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS",
+        '{"tei": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "TEST_RERANK_KEY"}}',
+    )
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-TOPSECR\u00c9T")
+    monkeypatch.setenv("TEST_RERANK_KEY", "sk-TOPSECRET\n")
+    message = _refusal(RetrievalSettings)
+    assert message == (
+        "invalid setting TEST_EMBED_KEY (an embeddings key in "
+        "GENSEARCH_RETRIEVAL_EMBEDDING_KEY_URLS): must be printable ASCII (no control "
+        "characters, newlines or non-ASCII letters)\n"
+        "invalid setting TEST_RERANK_KEY (the key of rerank provider 'tei'): must be "
+        "printable ASCII (no control characters, newlines or non-ASCII letters)"
+    )
+    assert "TOPSECR" not in message
+    # Sent as read, unstripped: a key that can travel starts.
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-TOPSECRET")
+    monkeypatch.setenv("TEST_RERANK_KEY", "sk-TOPSECRET")
+    assert load_settings(RetrievalSettings).embedding_key_urls == {
+        "TEST_EMBED_KEY": "http://127.0.0.1:9/v1"
+    }
+
+
 @pytest.mark.parametrize(
     ("variables", "lines"),
     [
