@@ -25,6 +25,7 @@ from services.gateway.request_parts import check_fallback
 from services.gateway.settings import GatewaySettings
 
 DEFAULT_PROVIDER_SETTING = "GENSEARCH_GATEWAY_DEFAULT_PROVIDER"
+DEFAULT_MODEL_SETTING = "GENSEARCH_GATEWAY_DEFAULT_MODEL"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Options:
     # The gateway's setting the provider came from when neither the request nor the
     # collection named one (empty otherwise): an unknown one is the operator's to fix.
     provider_setting: str = ""
+    # The same for the model: the gateway's setting it came from when neither the
+    # request nor the collection named the model the call uses (empty otherwise).
+    model_setting: str = ""
 
     @classmethod
     def resolve(
@@ -97,13 +101,17 @@ class Options:
         # naming another provider got the collection's model sent to it (anyscale asked
         # for "fake-model": refused, or another endpoint's model called).
         provider = request.provider or collection.provider or settings.default_provider
-        stored_model = ""
+        stored_model, from_setting = "", False
         if _same_provider(request.provider, collection.provider):
             stored_model = collection.model
         if not stored_model and _same_provider(
             request.provider or collection.provider, settings.default_provider
         ):
-            stored_model = settings.default_model
+            stored_model, from_setting = settings.default_model, bool(settings.default_model)
+        # Where the model the call uses came from: the request, the collection, the
+        # gateway's setting (by source, not by value: a setting equal to the collection's
+        # model of another provider is still the setting's).
+        model_source = "request" if model else "setting" if from_setting else "collection"
         return cls(
             provider=provider,
             model=model or stored_model,
@@ -141,9 +149,12 @@ class Options:
             ),
             model_field=(
                 "collection.generative.model"
-                if not model and stored_model and stored_model == collection.model
+                if model_source == "collection" and stored_model
                 else f"{prefix}{model_field}"
             ),
+            # Named as the request's field (what a caller can set to get past it), with
+            # the setting: an unknown one is the operator's to fix, as the provider's.
+            model_setting=DEFAULT_MODEL_SETTING if model_source == "setting" else "",
         )
 
 

@@ -121,6 +121,18 @@ class ModelCatalog:
                 )
             chosen = model or provider.default_model
             if provider.models_checked and not callers_url and chosen not in provider.models:
+                if model_at == options.model_field and options.model_setting:
+                    # Neither the request nor the collection named it: the operator's
+                    # setting is at fault, not the caller's argument (as the provider's).
+                    raise FailedPrecondition(
+                        f"unknown model {quote(chosen)} for provider {provider.name!r} "
+                        f"(known: {', '.join(provider.models)}), the gateway's default "
+                        f"({options.model_setting}): name a model in the request, or the "
+                        "operator must correct the setting",
+                        field=model_at,
+                        reason="UNKNOWN_MODEL",
+                        metadata={"setting": options.model_setting},
+                    )
                 raise refusal_at(model_at)(
                     f"unknown model {quote(chosen)} for provider {provider.name!r}; "
                     f"known: {', '.join(provider.models)}",

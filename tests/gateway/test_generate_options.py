@@ -364,6 +364,61 @@ async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
     assert len(stack.fake.chat_requests) == len(response.hits)
 
 
+async def test_an_unknown_gateway_default_model_is_named_as_the_setting(
+    stack_factory: StackFactory,
+) -> None:
+    # GENSEARCH_GATEWAY_DEFAULT_MODEL is the operator's, as the default provider is: a
+    # request naming no model was refused INVALID_ARGUMENT on generate.model (Ask:
+    # llm_model), a field the caller never sent, with nothing naming the setting.
+    stack = await stack_factory(default_provider="anyscale", default_model="gpt-4")
+    # The collection's model is the setting's by value but belongs to another provider:
+    # the model a request naming anyscale gets is still the setting's (it was named as
+    # the collection's, collection.generative.model).
+    await create_books(
+        stack,
+        books=WITH_BODY,
+        generative=ret_pb.GenerativeConfig(provider="fake", model="gpt-4"),
+    )
+    await create_books(stack, "Plain", books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    vector = ret_pb.NearVector(vector=[0.5] * DIM)
+    calls = []
+    for collection in ("Plain", "Books"):
+        # Plain: nothing names a provider nor a model; Books: the request names the
+        # default provider, so the collection's model (fake's) does not apply.
+        provider = "" if collection == "Plain" else "anyscale"
+        search = books_search(single_prompt="About {title}", provider=provider)
+        search.collection = collection
+        ask = gw_pb.AskRequest(
+            collection=collection, llm_question="Which?", near_vector=vector, provider=provider
+        )
+        calls += [
+            (stack.stub.GenerativeSearch(search, metadata=ALICE), "generate.model"),
+            (stack.stub.Ask(ask, metadata=ALICE), "llm_model"),
+        ]
+    for call, field in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"], info.metadata["setting"]) == (
+            "UNKNOWN_MODEL",
+            field,
+            "GENSEARCH_GATEWAY_DEFAULT_MODEL",
+        )
+        assert "GENSEARCH_GATEWAY_DEFAULT_MODEL" in (caught.value.details() or "")
+    # The request's own unknown model is still the caller's bad argument, no setting.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerativeSearch(
+            books_search(single_prompt="About {title}", provider="anyscale", model="nope"),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info.metadata["field"] == "generate.model"
+    assert "setting" not in info.metadata
+    assert stack.fake.chat_requests == []
+
+
 def _with(request: gw_pb.AskRequest, **fields: Any) -> gw_pb.AskRequest:
     changed = gw_pb.AskRequest()
     changed.CopyFrom(request)
