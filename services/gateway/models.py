@@ -103,16 +103,12 @@ class ModelCatalog:
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
                 if provider_field == options.provider_field and options.provider_setting:
-                    # Nothing in the request or the collection chose it: not the caller's
-                    # argument at fault (the gateway cannot check it at start: the
-                    # providers are the generation service's, docs/gateway.md).
-                    raise FailedPrecondition(
-                        f"unknown provider {quote(provider_name)} (configured: {known}), the "
-                        f"gateway's default ({options.provider_setting}): name a provider "
-                        "in the request, or the operator must correct the setting",
-                        field=provider_field,
-                        reason="UNKNOWN_PROVIDER",
-                        metadata={"setting": options.provider_setting},
+                    raise _setting_at_fault(
+                        f"unknown provider {quote(provider_name)} (configured: {known})",
+                        "provider",
+                        options.provider_setting,
+                        provider_field,
+                        "UNKNOWN_PROVIDER",
                     )
                 raise refusal_at(provider_field)(
                     f"unknown provider {quote(provider_name)} (configured: {known})",
@@ -122,16 +118,13 @@ class ModelCatalog:
             chosen = model or provider.default_model
             if provider.models_checked and not callers_url and chosen not in provider.models:
                 if model_at == options.model_field and options.model_setting:
-                    # Neither the request nor the collection named it: the operator's
-                    # setting is at fault, not the caller's argument (as the provider's).
-                    raise FailedPrecondition(
+                    raise _setting_at_fault(
                         f"unknown model {quote(chosen)} for provider {provider.name!r} "
-                        f"(known: {', '.join(provider.models)}), the gateway's default "
-                        f"({options.model_setting}): name a model in the request, or the "
-                        "operator must correct the setting",
-                        field=model_at,
-                        reason="UNKNOWN_MODEL",
-                        metadata={"setting": options.model_setting},
+                        f"(known: {', '.join(provider.models)})",
+                        "model",
+                        options.model_setting,
+                        model_at,
+                        "UNKNOWN_MODEL",
                     )
                 raise refusal_at(model_at)(
                     f"unknown model {quote(chosen)} for provider {provider.name!r}; "
@@ -265,3 +258,19 @@ def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provi
     # As generation's registry reads a name: spaces around it stripped, case ignored.
     wanted = (name.strip() or models.default_provider).lower()
     return next((p for p in models.providers if p.name.lower() == wanted), None)
+
+
+def _setting_at_fault(
+    unknown: str, what: str, setting: str, field: str, reason: str
+) -> FailedPrecondition:
+    """The refusal of an unknown provider or model (``what``) that neither the request nor
+    the collection named: the gateway's default ``setting`` chose it, so the operator is at
+    fault, not the caller's argument. The gateway cannot check it at start: the providers
+    are the generation service's (docs/gateway.md)."""
+    return FailedPrecondition(
+        f"{unknown}, the gateway's default ({setting}): name a {what} in the request, or "
+        "the operator must correct the setting",
+        field=field,
+        reason=reason,
+        metadata={"setting": setting},
+    )
