@@ -495,7 +495,9 @@ class Embedders:
                     collection=schema.name,
                 )
             if not api_key and endpoint.key_env:
-                api_key = os.environ.get(endpoint.key_env, "")
+                # Stripped, as generation's provider keys are: a Secret made from a
+                # file keeps its last newline, which no HTTP header can carry.
+                api_key = os.environ.get(endpoint.key_env, "").strip()
                 register_secret(api_key)
             clients = self._operator_clients if endpoint.operator else self._caller_clients
             timeout = self._settings.embed_timeout

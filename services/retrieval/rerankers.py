@@ -411,7 +411,7 @@ class Rerankers:
     ) -> list[tuple[int, float]]:
         api_key = "" if plan.operator else _caller_key.get()[0]
         if plan.operator and plan.key_env:
-            api_key = os.environ.get(plan.key_env, "")
+            api_key = os.environ.get(plan.key_env, "").strip()  # as an embeddings key
             register_secret(api_key)
         clients = self._operator_clients if plan.operator else self._caller_clients
         timeout = self._settings.rerank_timeout

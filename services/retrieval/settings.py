@@ -372,8 +372,9 @@ class RetrievalSettings(DownstreamSettings):
         (a control character, a newline, a non-ASCII letter): every call sending it failed,
         after a clean start (an UpsertObjects was UNAVAILABLE, "malformed body", for
         ever). Each variable is checked, not only a first one: a collection names any of
-        them. Its value is checked as it is sent, unstripped. Names the variable, never
-        the key."""
+        them. Its value is checked as it is sent, spaces and newlines around it stripped
+        (a Secret made from a file keeps its last newline). Names the variable, never the
+        key."""
         named = [(name, "an embeddings key in " + _KEY_URLS) for name in self.embedding_key_urls]
         named += [
             (p.api_key_env, f"the key of rerank provider {provider!r}")
@@ -382,7 +383,7 @@ class RetrievalSettings(DownstreamSettings):
         ]
         problems = []
         for name, what in named:
-            problem = header_value_problem(environ.get(name, ""))
+            problem = header_value_problem(environ.get(name, "").strip())
             if problem:
                 problems.append(f"{name} ({what}): {problem}")
         return problems

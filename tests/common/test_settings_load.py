@@ -451,7 +451,7 @@ def test_an_embeddings_or_rerank_key_no_http_header_can_hold_stops_retrieval(
         '{"tei": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "TEST_RERANK_KEY"}}',
     )
     monkeypatch.setenv("TEST_EMBED_KEY", "sk-TOPSECR\u00c9T")
-    monkeypatch.setenv("TEST_RERANK_KEY", "sk-TOPSECRET\n")
+    monkeypatch.setenv("TEST_RERANK_KEY", "sk-TOP\tSECRET")
     message = _refusal(RetrievalSettings)
     assert message == (
         "invalid setting TEST_EMBED_KEY (an embeddings key in "
@@ -461,8 +461,9 @@ def test_an_embeddings_or_rerank_key_no_http_header_can_hold_stops_retrieval(
         "printable ASCII (no control characters, newlines or non-ASCII letters)"
     )
     assert "TOPSECR" not in message
-    # Sent as read, unstripped: a key that can travel starts.
-    monkeypatch.setenv("TEST_EMBED_KEY", "sk-TOPSECRET")
+    # Sent stripped: a key that can travel starts, a newline after it too (a Secret made
+    # from a file keeps its last one).
+    monkeypatch.setenv("TEST_EMBED_KEY", "sk-TOPSECRET\n")
     monkeypatch.setenv("TEST_RERANK_KEY", "sk-TOPSECRET")
     assert load_settings(RetrievalSettings).embedding_key_urls == {
         "TEST_EMBED_KEY": "http://127.0.0.1:9/v1"

@@ -109,6 +109,21 @@ async def test_embeds_objects_and_queries(stub: Any, fake: FakeOpenAI) -> None:
     assert res.hits[0].properties["title"] == "blue berries"
 
 
+async def test_a_key_read_with_a_newline_around_it_is_sent_without(
+    stub: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Kubernetes Secret made from a file holds its last newline. Generation strips its
+    # provider keys; retrieval sent this one as read, and no HTTP header can carry it:
+    # every UpsertObjects was UNAVAILABLE ("malformed body") for ever.
+    monkeypatch.setenv(KEY_ENV, " sk-test-embedding-key-123\n")
+    resp = await stub.UpsertObjects(
+        pb.UpsertObjectsRequest(collection="Remote", objects=[obj({"title": "red apples"})])
+    )
+    assert len(resp.ids) == 1 and not resp.errors
+    sent = [r for r in fake.requests if r.path.endswith("/embeddings")]
+    assert [r.headers["Authorization"] for r in sent] == ["Bearer sk-test-embedding-key-123"]
+
+
 async def test_failing_endpoint_is_unavailable_and_writes_nothing(
     stub: Any, fake: FakeOpenAI
 ) -> None:
