@@ -11,7 +11,7 @@ rest lands.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -24,6 +24,7 @@ from services.retrieval.embedders import Embedder, Embedders, EmbeddingInputReje
 from services.retrieval.schema import PreparedObject, Schema, prepare_object
 from services.retrieval.settings import MAX_ISOLATION_CALLS
 from services.retrieval.store import PROPS, StoredPoint, VectorStore
+from services.retrieval.value_count import PER_OBJECT_SETTING
 
 # The most embedding calls one batch may spend finding which of its objects an endpoint
 # refused (bisection: about 2 x log2(batch) calls per refused object, 20 for one in 1000).
@@ -58,6 +59,8 @@ async def write_batch(
     embedders: Embedders,
     *,
     first_index: int = 0,
+    too_many_values: Mapping[int, int] | None = None,
+    max_values_per_object: int = 0,
     max_value_depth: int = DEFAULT_MAX_DEPTH,
     max_isolation_calls: int = MAX_ISOLATION_CALLS,
     max_document_chars: int | None = None,
@@ -71,12 +74,27 @@ async def write_batch(
     its error fails the batch with nothing of it written. ``check_room``: awaited with the
     ids the batch would write (its valid objects) before they are embedded, so a batch
     refused for room costs no embedding; its error fails the batch the same way.
+    ``too_many_values``: the positions in ``objects`` of those holding more than
+    ``max_values_per_object`` property values (``value_count.count_batch``), with their
+    counts as far as read: each is refused on its own, unread.
     ``time_left``: the seconds left before the RPC's deadline (None: none; the servicer's
     ``context.time_remaining``), asked at each embeddings call, which ends within it
     (``Embedder.embed``)."""
     result = BatchResult()
     ready: list[PreparedObject] = []
     for i, obj in enumerate(objects):
+        if too_many_values and i in too_many_values:
+            result.errors.append(
+                object_error(
+                    first_index + i,
+                    obj.id,
+                    "properties",
+                    f"holds more than {max_values_per_object} values ({PER_OBJECT_SETTING}: "
+                    "each property's value, list element and nested field counts one); "
+                    "it was not written",
+                )
+            )
+            continue
         try:
             ready.append(
                 prepare_object(schema, first_index + i, obj, max_value_depth, max_document_chars)

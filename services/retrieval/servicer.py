@@ -45,6 +45,11 @@ from services.retrieval.schema import Schema
 from services.retrieval.search import Page, Searcher
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import PROPS, FoundPoint, VectorStore
+from services.retrieval.value_count import (
+    PER_BATCH_SETTING,
+    BatchTooManyValues,
+    count_batch,
+)
 
 DEFAULT_LIMIT = 10
 MAX_OBJECTS_SETTING = "GENSEARCH_RETRIEVAL_MAX_OBJECTS_PER_COLLECTION"
@@ -136,7 +141,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         use_caller_key(context.invocation_metadata())  # type: ignore[arg-type]
         schema = await self._catalog.get(require_role(Role.WRITER).tenant, request.collection)
         self._check_batch(len(request.objects))
-        result = await self._write(schema, request.objects, 0, context)
+        too_many = self._check_values(request.objects)
+        result = await self._write(schema, request.objects, 0, context, too_many)
         self._written(schema, len(result.ids))
         return pb.UpsertObjectsResponse(ids=result.ids, errors=result.errors)
 
@@ -168,10 +174,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                         field="collection",
                     )
                 self._check_batch(len(message.objects), message_no)
+                too_many = self._check_values(message.objects, message_no)
                 # Into the collection the stream started with: one deleted since (and maybe
                 # created again under its name) takes no more of its objects (_write).
                 writing = len(message.objects)
-                result = await self._write(schema, message.objects, received, context)
+                result = await self._write(schema, message.objects, received, context, too_many)
                 writing = 0
                 # Counted as written: a stream that ends in an error (a later message's,
                 # or the stream's own) wrote these all the same.
@@ -249,6 +256,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         objects: Any,
         first_index: int,
         context: grpc.aio.ServicerContext,
+        too_many_values: dict[int, int],
     ) -> Any:
         """Writes only into the very collection ``schema`` was read from, checked in the
         engine right before the write: embedding may take long enough for it to be
@@ -268,6 +276,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 self._store,
                 self._embedders,
                 first_index=first_index,
+                too_many_values=too_many_values,
+                max_values_per_object=self._settings.max_values_per_object,
                 max_value_depth=self._settings.max_value_depth,
                 max_isolation_calls=self._settings.max_isolation_calls,
                 # The bound GetChunks' document has (check_ranges): any key stored can be
@@ -361,6 +371,26 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 # TOO_MANY_COLLECTIONS): a client splits by it without parsing the message.
                 metadata={"max": str(limit), "setting": "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"},
             )
+
+    def _check_values(self, objects: Any, message_no: int | None = None) -> dict[int, int]:
+        """Counts the batch's values (value_count.py) before any is checked: a batch past
+        MAX_VALUES_PER_BATCH is refused whole, as one past MAX_BATCH_SIZE is (same reason,
+        metadata and field), its values left unread. Returns the positions of the objects
+        past MAX_VALUES_PER_OBJECT (each refused on its own by write_batch) with their
+        counts as far as read."""
+        limit = self._settings.max_values_per_batch
+        try:
+            return count_batch(objects, self._settings.max_values_per_object, limit)
+        except BatchTooManyValues:
+            where = "" if message_no is None else f" in message {message_no}"
+            raise InvalidArgument(
+                f"objects hold more than {limit} property values{where} ({PER_BATCH_SETTING}: "
+                "each property's value, list element and nested field counts one); nothing "
+                "of it was written: split it into smaller batches",
+                field="objects",
+                reason="BATCH_TOO_LARGE",
+                metadata={"max": str(limit), "setting": PER_BATCH_SETTING},
+            ) from None
 
     async def GetObject(
         self, request: pb.GetObjectRequest, context: grpc.aio.ServicerContext

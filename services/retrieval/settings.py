@@ -97,6 +97,17 @@ class RetrievalSettings(DownstreamSettings):
     max_offset: int = Field(default=10_000, ge=0, le=1_000_000)
     # Objects per UpsertObjects request and per ImportObjects message.
     max_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    # Values one object's properties may hold, and one UpsertObjects request or one
+    # ImportObjects message in all (value_count.py: each property's value, each list
+    # element and each nested struct field counts one). Each value is checked on the event
+    # loop every tenant's calls share, about 2 us apiece: 1,000 objects of 2,000 tags fit
+    # the request byte bound and held every other call for seconds. Past the first: that
+    # object's ObjectError (field `properties`), the rest written; past the second:
+    # INVALID_ARGUMENT, BATCH_TOO_LARGE (field `objects`, metadata `max`, `setting`),
+    # nothing written. The defaults leave room: a full batch (MAX_BATCH_SIZE, 1000) of
+    # objects of 250 values each, about 0.5 s of checks; one object of 10,000 values.
+    max_values_per_object: int = Field(default=10_000, ge=1, le=1_000_000_000)
+    max_values_per_batch: int = Field(default=250_000, ge=1, le=1_000_000_000)
     # ObjectErrors one ImportObjects answer lists; later rejections are counted only
     # (received_count - imported_count, errors_truncated). A stream has no length limit:
     # without this, a long stream of bad objects grew the answer past a client's default

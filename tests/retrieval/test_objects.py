@@ -14,6 +14,7 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, StoredPoint
+from services.retrieval.value_count import count_values
 from tests.retrieval.conftest import (
     Retrieval,
     cond,
@@ -730,3 +731,90 @@ async def test_an_int_past_2_53_is_refused_not_rounded(retrieval: Retrieval, stu
         pb.SearchRequest(collection="Articles", near_vector=pb.NearVector(vector=V), limit=5)
     )
     assert float(2**60) in [h.properties["year"] for h in found.hits]
+
+
+def tagged(n_tags: int, i: int = 0, **extra: Any) -> pb.DataObject:
+    """An object of 1 + 1 + ``n_tags`` values: its title, its tags list and each tag."""
+    return obj(
+        {"title": f"t{i}", "tags": [f"tag{k}" for k in range(n_tags)], **extra},
+        id=str(uuid.UUID(int=0x7000 + i)),
+        vector=V,
+    )
+
+
+def test_what_counts_as_a_value() -> None:
+    # Each property's value, each list element, each nested struct field; a null is one.
+    props = obj({"tags": ["a", "b"], "meta": {"x": 1, "y": [None]}}).properties
+    assert count_values(props, 100) == 7
+    assert count_values(obj({}).properties, 100) == 0
+    # Past the bound it stops, with some count past it.
+    assert count_values(props, 3) > 3
+
+
+async def test_an_object_past_max_values_per_object_gets_its_own_error(
+    make_retrieval: Any,
+) -> None:
+    # Each value is checked on the loop every tenant shares (~2 us apiece): an object of a
+    # million tags held the replica. It is refused on its own; the rest of the batch lands.
+    stub = (await make_retrieval(max_values_per_object=100, max_values_per_batch=1000)).stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    objects = [tagged(98, 0), tagged(99, 1), tagged(10, 2)]  # 100, 101, 12 values
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=objects))
+    assert list(resp.ids) == [objects[0].id, objects[2].id]
+    assert [(e.index, e.id, e.field) for e in resp.errors] == [(1, objects[1].id, "properties")]
+    assert "GENSEARCH_RETRIEVAL_MAX_VALUES_PER_OBJECT" in resp.errors[0].message
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 2
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=[tagged(5, 3)])
+        yield pb.ImportObjectsRequest(objects=[tagged(500, 4), tagged(5, 5)])
+
+    answer = await stub.ImportObjects(stream())
+    assert (answer.received_count, answer.imported_count) == (3, 2)
+    assert [(e.index, e.field) for e in answer.errors] == [(1, "properties")]
+
+
+async def test_a_batch_past_max_values_per_batch_writes_nothing(make_retrieval: Any) -> None:
+    # 1,000 objects of 2,000 tags fit the request byte bound and held every tenant's calls
+    # for seconds while checked. Refused whole, before any object is checked: the first
+    # object's NaN is not what the status names.
+    stub = (await make_retrieval(max_values_per_object=100, max_values_per_batch=1000)).stub
+    await stub.CreateCollection(pb.CreateCollectionRequest(collection=vector_collection("A", DIMS)))
+    over = [tagged(98, 0, year=float("nan"))] + [tagged(98, i) for i in range(1, 10)]
+    # 101 (a NaN is a value too) + 9 x 100 = 1001 values
+    err = await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=over)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "objects",
+    )
+    info = error_info(err)
+    assert info.reason == "BATCH_TOO_LARGE"
+    bound = {"max": "1000", "setting": "GENSEARCH_RETRIEVAL_MAX_VALUES_PER_BATCH"}
+    assert bound.items() <= dict(info.metadata).items()
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 0
+    # Exactly the bound is taken (each object at its own bound too).
+    at_bound = [tagged(98, i) for i in range(10)]
+    resp = await stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=at_bound))
+    assert len(resp.ids) == 10 and not resp.errors
+    # An object past its own bound counts toward the batch too (as far as it was read).
+    many_over = [tagged(5000, 20 + i) for i in range(10)]
+    await expect_error(
+        stub.UpsertObjects(pb.UpsertObjectsRequest(collection="A", objects=many_over)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "objects",
+    )
+
+    async def stream() -> AsyncIterator[pb.ImportObjectsRequest]:
+        yield pb.ImportObjectsRequest(collection="A", objects=[tagged(5, 30), tagged(5, 31)])
+        yield pb.ImportObjectsRequest(objects=[tagged(98, 40 + i) for i in range(11)])
+
+    err = await expect_error(
+        stub.ImportObjects(stream()), grpc.StatusCode.INVALID_ARGUMENT, "objects"
+    )
+    info = error_info(err)
+    assert info.reason == "BATCH_TOO_LARGE"
+    assert bound.items() <= dict(info.metadata).items()
+    # The first message landed, and the error says so.
+    assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("2", "2")
+    assert "message 1" in (err.details() or "")
+    assert (await stub.CountObjects(pb.CountObjectsRequest(collection="A"))).count == 12
