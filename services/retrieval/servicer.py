@@ -53,6 +53,7 @@ from services.retrieval.value_count import (
 
 DEFAULT_LIMIT = 10
 MAX_OBJECTS_SETTING = "GENSEARCH_RETRIEVAL_MAX_OBJECTS_PER_COLLECTION"
+MAX_BATCH_SIZE_SETTING = "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"
 # Query modes that carry text (a rerank stage can rank against it).
 _TEXT_QUERIES = ("near_text", "keyword", "hybrid")
 log = logging.getLogger("gensearch.retrieval")
@@ -361,15 +362,13 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     ) -> None:
         limit = self._settings.max_batch_size
         if size > limit:
-            where = "" if message_no is None else f" in message {message_no}"
-            raise InvalidArgument(
-                f"{field} holds {size} entries{where}, more than the limit of {limit}; "
-                "nothing of it was written: split it into smaller batches",
-                field=field,
-                reason="BATCH_TOO_LARGE",
-                # As every other count limit says its bound (BatchGetObjects' OUT_OF_RANGE,
-                # TOO_MANY_COLLECTIONS): a client splits by it without parsing the message.
-                metadata={"max": str(limit), "setting": "GENSEARCH_RETRIEVAL_MAX_BATCH_SIZE"},
+            raise _batch_too_large(
+                f"{field} holds {size} entries",
+                f", more than the limit of {limit}",
+                field,
+                limit,
+                MAX_BATCH_SIZE_SETTING,
+                message_no,
             )
 
     def _check_values(self, objects: Any, message_no: int | None = None) -> dict[int, int]:
@@ -382,14 +381,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         try:
             return count_batch(objects, self._settings.max_values_per_object, limit)
         except BatchTooManyValues:
-            where = "" if message_no is None else f" in message {message_no}"
-            raise InvalidArgument(
-                f"objects hold more than {limit} property values{where} ({PER_BATCH_SETTING}: "
-                "each property's value, list element and nested field counts one); nothing "
-                "of it was written: split it into smaller batches",
-                field="objects",
-                reason="BATCH_TOO_LARGE",
-                metadata={"max": str(limit), "setting": PER_BATCH_SETTING},
+            raise _batch_too_large(
+                f"objects hold more than {limit} property values",
+                f" ({PER_BATCH_SETTING}: each property's value, list element and nested field "
+                "counts one)",
+                "objects",
+                limit,
+                PER_BATCH_SETTING,
+                message_no,
             ) from None
 
     async def GetObject(
@@ -615,6 +614,24 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 setting="GENSEARCH_RETRIEVAL_MAX_OFFSET",
             )
         return Page(limit=limit, offset=request.offset, with_vector=request.include_vector)
+
+
+def _batch_too_large(
+    what: str, detail: str, field: str, limit: int, setting: str, message_no: int | None
+) -> InvalidArgument:
+    """The refusal of a whole batch past one of its bounds (objects, values, ids): one
+    reason, field and metadata whatever the bound, so a client splits batches on
+    BATCH_TOO_LARGE and its ``max`` without parsing the message. ``message_no``: the
+    ImportObjects message it came in (None for a unary call)."""
+    where = "" if message_no is None else f" in message {message_no}"
+    return InvalidArgument(
+        f"{what}{where}{detail}; nothing of it was written: split it into smaller batches",
+        field=field,
+        reason="BATCH_TOO_LARGE",
+        # As every other count limit says its bound (BatchGetObjects' OUT_OF_RANGE,
+        # TOO_MANY_COLLECTIONS): a client splits by it without parsing the message.
+        metadata={"max": str(limit), "setting": setting},
+    )
 
 
 def _return_properties(schema: Schema, names: Any) -> list[str] | None:
