@@ -597,7 +597,7 @@ class AskService:
         the prompt is shaped for the primary model, and time a chain spent here would be
         taken from the answer, which does fall back."""
         prompt = condense.rewrite_prompt(options.provider, options.model, turns, question)
-        rewrite_options = Options(options.provider, options.model, 0.0, prompt.max_tokens)
+        rewrite_options = options.primary(0.0, prompt.max_tokens)
         step = traces.start(
             mem_pb.STEP_QUESTION_REWRITE,
             {
@@ -622,7 +622,12 @@ class AskService:
         except ServiceError as err:
             # Retrieval with the fallback query beats no answer; the answer call will
             # report a generation outage on its own.
-            log.warning("question rewriting failed", extra={"reason": err.reason})
+            log.warning(
+                "question rewriting failed",
+                # A gateway setting that chose an unknown model or provider: the operator's
+                # to fix (generator.choice_refused).
+                extra={"reason": err.reason, "setting": err.metadata.get("setting", "")},
+            )
             spent.upstream_calls += upstream_calls(err.metadata)  # made, and charged
             rewrite = condense.failed(question, turns)
             step.done({"query": rewrite.query, "method": rewrite.method.value, "error": err.reason})

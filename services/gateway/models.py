@@ -9,7 +9,6 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
 from services.common.egress import EgressPolicy, UrlRefused, url_not_allowed
 from services.common.errors import (
-    FailedPrecondition,
     ServiceError,
     Unauthenticated,
     out_of_range,
@@ -18,7 +17,7 @@ from services.common.errors import (
 from services.common.model_names import model_name_error
 from services.common.values import check_chars
 from services.gateway.clients import Caller, GenerationClient
-from services.gateway.generator import Options
+from services.gateway.generator import Options, setting_at_fault
 from services.gateway.prompting import context_window_for
 from services.gateway.request_parts import refusal_at
 
@@ -103,7 +102,7 @@ class ModelCatalog:
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
                 if provider_field == options.provider_field and options.provider_setting:
-                    raise _setting_at_fault(
+                    raise setting_at_fault(
                         f"unknown provider {quote(provider_name)} (configured: {known})",
                         "provider",
                         options.provider_setting,
@@ -118,7 +117,7 @@ class ModelCatalog:
             chosen = model or provider.default_model
             if provider.models_checked and not callers_url and chosen not in provider.models:
                 if model_at == options.model_field and options.model_setting:
-                    raise _setting_at_fault(
+                    raise setting_at_fault(
                         f"unknown model {quote(chosen)} for provider {provider.name!r} "
                         f"(known: {', '.join(provider.models)})",
                         "model",
@@ -258,19 +257,3 @@ def _find_provider(models: gen_pb.ListModelsResponse, name: str) -> gen_pb.Provi
     # As generation's registry reads a name: spaces around it stripped, case ignored.
     wanted = (name.strip() or models.default_provider).lower()
     return next((p for p in models.providers if p.name.lower() == wanted), None)
-
-
-def _setting_at_fault(
-    unknown: str, what: str, setting: str, field: str, reason: str
-) -> FailedPrecondition:
-    """The refusal of an unknown provider or model (``what``) that neither the request nor
-    the collection named: the gateway's default ``setting`` chose it, so the operator is at
-    fault, not the caller's argument. The gateway cannot check it at start: the providers
-    are the generation service's (docs/gateway.md)."""
-    return FailedPrecondition(
-        f"{unknown}, the gateway's default ({setting}): name a {what} in the request, or "
-        "the operator must correct the setting",
-        field=field,
-        reason=reason,
-        metadata={"setting": setting},
-    )

@@ -212,7 +212,7 @@ class Summarizer:
         # sized to the primary's window (a fallback model's may be smaller, and the
         # generation service refuses a chain whose pair cannot hold the prompt), and a
         # failed fold costs nothing but time: the next turn folds what is still pending.
-        options = Options(job.options.provider, job.options.model, 0.0, self._s.summary_max_tokens)
+        options = job.options.primary(0.0, self._s.summary_max_tokens)
         while pending:
             batch = await self._batch(job, summary, pending)
             pending = pending[len(batch) :]
@@ -229,7 +229,12 @@ class Summarizer:
                 )
             except ServiceError as err:
                 SUMMARY_FOLDS.labels("failed").inc()
-                log.warning("summary fold: generation failed", extra={"reason": err.reason})
+                log.warning(
+                    "summary fold: generation failed",
+                    # A gateway setting that chose an unknown model or provider: the
+                    # operator's to fix (generator.choice_refused).
+                    extra={"reason": err.reason, "setting": err.metadata.get("setting", "")},
+                )
                 return
             SUMMARY_TOKENS.labels("prompt").inc(result.usage.prompt_tokens)
             SUMMARY_TOKENS.labels("completion").inc(result.usage.completion_tokens)

@@ -1,0 +1,152 @@
+"""The gateway's own calls for a request (the question rewrite, a summary fold) and its
+answers, when GENSEARCH_GATEWAY_DEFAULT_MODEL names a model the endpoint does not serve
+and the gateway cannot tell before the call (a provider that does not check its models:
+the upstream's own 404 model_not_found refuses it). The refusal is the operator's
+setting's, FAILED_PRECONDITION naming it, as the gateway's own check says it
+(test_generate_options.py); it was INVALID_ARGUMENT on ``model``, a field of the request
+the gateway built, which no caller sent."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.memory.v1 import memory_service_pb2 as mem_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+
+from services.common.auth import Identity, Role, forwarded_identity
+from services.gateway.backends import Backends
+from services.gateway.clients import Caller
+from services.gateway.generator import Options
+from services.gateway.settings import GatewaySettings
+from services.gateway.summarizer import FoldJob
+from services.gateway.tokens import Estimate
+from tests.gateway.conftest import (
+    ALICE,
+    DIM,
+    TOKEN,
+    WITH_BODY,
+    Stack,
+    StackFactory,
+    books_search,
+    create_books,
+    fake_provider,
+)
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
+
+SETTING = "GENSEARCH_GATEWAY_DEFAULT_MODEL"
+UNSERVED = "no-such-model"
+
+
+async def _stack(stack_factory: StackFactory, fake: FakeOpenAI) -> Stack:
+    # The endpoint checks the model itself (OpenAI's way), the gateway and generation
+    # cannot: check_models is off, as for an endpoint that adds models.
+    fake.reject_unknown_models = True
+    stack = await stack_factory(
+        provider=fake_provider(fake, check_models=False),
+        default_provider="fake",
+        default_model=UNSERVED,
+    )
+    # No generative defaults: nothing but the gateway's settings names the model.
+    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    return stack
+
+
+def _setting_refused(code: object, reason: str, metadata: dict[str, str]) -> None:
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (reason, metadata.get("setting")) == ("UNKNOWN_MODEL", SETTING)
+
+
+async def test_an_ask_with_history_names_the_setting_in_its_rewrite_and_answer(
+    stack_factory: StackFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await _stack(stack_factory, fake)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    # A past turn, so the question is rewritten first (with the same model).
+    await stack.memory.CreateInteraction(
+        mem_pb.CreateInteractionRequest(
+            conversation_id=cid, input="Who wrote Dune?", response="Frank Herbert."
+        ),
+        metadata=ALICE,
+    )
+    ask = gw_pb.AskRequest(
+        collection="Books",
+        llm_question="And when?",
+        conversation_id=cid,
+        rewrite_query=True,
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="gensearch"),
+        pytest.raises(grpc.aio.AioRpcError) as caught,
+    ):
+        await stack.stub.Ask(ask, metadata=ALICE)
+    info = error_info(caught.value)
+    _setting_refused(caught.value.code(), info.reason, dict(info.metadata))
+    assert info.metadata["field"] == "llm_model"
+    assert SETTING in (caught.value.details() or "")
+    # The rewrite failed first (its fallback query used), saying the setting to fix.
+    rewrites = [r for r in caplog.records if r.getMessage() == "question rewriting failed"]
+    assert [(r.reason, r.setting) for r in rewrites] == [("UNKNOWN_MODEL", SETTING)]  # type: ignore[attr-defined]
+    # Per hit too: each hit's error says the setting.
+    response = await stack.stub.GenerativeSearch(
+        books_search(single_prompt="About {title}"), metadata=ALICE
+    )
+    assert response.hits
+    for hit in response.hits:
+        error = hit.generation.error
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert (error.reason, error.metadata["setting"]) == ("UNKNOWN_MODEL", SETTING)
+        assert error.metadata["field"] == "generate.model"
+
+
+async def test_a_summary_fold_names_the_setting(
+    stack_factory: StackFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack = await _stack(stack_factory, fake)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    for n in range(4):
+        await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input=f"question {n}", response=f"answer {n}"
+            ),
+            metadata=ALICE,
+        )
+    settings = GatewaySettings(
+        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
+        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
+        internal_token=TOKEN,
+        metrics_port=None,
+        default_provider="fake",
+        default_model=UNSERVED,
+    )
+    # The options of an Ask that named no model, as its turn queues them for the fold.
+    options = Options.resolve(
+        gw_pb.AskRequest(),
+        "",
+        ret_pb.GenerativeConfig(),
+        settings,
+        prefix="",
+        model_field="llm_model",
+    )
+    backends = Backends.build(settings)
+    alice = Identity("alice", "alice", Role.ADMIN)
+    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
+    job = FoldJob(caller, cid, 1, 10**6, options, 4096, Estimate())
+    try:
+        with caplog.at_level(logging.WARNING, logger="gensearch"):
+            await backends.summarizer.fold(job)
+    finally:
+        await backends.clients.close()
+    folds = [r for r in caplog.records if r.getMessage() == "summary fold: generation failed"]
+    assert [(r.reason, r.setting) for r in folds] == [("UNKNOWN_MODEL", SETTING)]  # type: ignore[attr-defined]
+    assert not (
+        await stack.memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid), metadata=ALICE
+        )
+    ).conversation.HasField("summary")
