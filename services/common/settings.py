@@ -22,12 +22,13 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
+    BaseModel,
     Field,
     PrivateAttr,
     SecretStr,
@@ -35,6 +36,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
@@ -219,6 +221,16 @@ def gensearch_methods() -> frozenset[str]:
     )
 
 
+def key_hint(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)``, X the known key closest to ``name``, or "" when none is
+    close: for a start error about a key of a JSON object setting that names nothing the
+    code knows. Such a key is a typo, and the setting, which replaces its whole default,
+    would otherwise drop what the operator meant (a key that is a field of an object
+    entry was refused, but said only "Extra inputs are not permitted")."""
+    hint = closest(name, sorted(known))
+    return f" (did you mean {hint}?)" if hint else ""
+
+
 def header_secret_setting(value: SecretStr) -> SecretStr:
     """A secret the service sends in a header (the internal token, a Qdrant API key): only
     printable ASCII, checked at start. gRPC refuses to send anything else, and so does
@@ -395,6 +407,10 @@ class CommonSettings(BaseSettings):
     # channels ping every 30 s); a client pinging faster is disconnected (too_many_pings).
     keepalive_min_ping_interval: float = Field(default=10.0, gt=0, le=MAX_CONNECTION_SECONDS)
 
+    # Fields holding objects of a model read from JSON (a provider by name): the model,
+    # and what its keys are, for a key none of its fields has (``load_settings``).
+    json_objects: ClassVar[dict[str, tuple[type[BaseModel], str]]] = {}
+
     # What api_key_map parsed, with the settings it parsed them from.
     _keys: tuple[tuple[SecretStr, Path | None], dict[str, Identity]] | None = PrivateAttr(None)
 
@@ -418,11 +434,9 @@ class CommonSettings(BaseSettings):
         known = gensearch_methods()
         for name in value:
             if name not in known:
-                hint = closest(name, sorted(known))
-                also = f" (did you mean {hint}?)" if hint else ""
                 raise ValueError(
-                    f"{name[:64]!r} is no method of a gensearch service{also}: keys are "
-                    "method names such as ImportObjects"
+                    f"{name[:64]!r} is no method of a gensearch service"
+                    f"{key_hint(name, known)}: keys are method names such as ImportObjects"
                 )
         return value
 
@@ -847,12 +861,23 @@ def load_settings(cls: type[S]) -> S:
         problems = [str(err)]
     except ValidationError as err:
         problems = [
-            setting_problem(cls, error["loc"], error["msg"])
+            setting_problem(cls, error["loc"], _unknown_key_message(cls, error))
             for error in err.errors(include_input=False, include_url=False)
         ]
     except SettingsError as err:  # a dict or list field whose value is not JSON
         problems = [unparsable_problem(cls, err)]
     sys.exit("\n".join(f"invalid setting {p}" for p in problems))
+
+
+def _unknown_key_message(cls: type[CommonSettings], error: ErrorDetails) -> str:
+    """pydantic's message, or, for a key that is no field of a ``json_objects`` entry
+    (a typo: "Extra inputs are not permitted"), what it is not and the closest field."""
+    loc = error["loc"]
+    nested = cls.json_objects.get(str(loc[0])) if loc else None
+    if error["type"] != "extra_forbidden" or nested is None:
+        return error["msg"]
+    model, what = nested
+    return f"not a {what}{key_hint(str(loc[-1]), model.model_fields)}"
 
 
 def unparsable_field(err: SettingsError) -> str | None:

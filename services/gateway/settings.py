@@ -10,6 +10,9 @@ from pydantic_settings import SettingsConfigDict
 from services.common.egress import MAX_URL, MAX_URL_BOUND
 from services.common.model_names import (
     MAX_MODEL_CHARS,
+    PROVIDER_NAME,
+    PROVIDER_NAME_RULE,
+    model_name_problem,
     model_name_setting,
     model_setting_too_long,
     provider_name_setting,
@@ -365,12 +368,35 @@ class GatewaySettings(SchemaBoundSettings):
         grpc_target_setting
     )
 
+    @field_validator("context_windows")
+    @classmethod
+    def _context_window_keys_name_models(cls, value: dict[str, int]) -> dict[str, int]:
+        # A key is (part of) a model name: open-ended, any model an endpoint serves, so
+        # only its shape is checked. An empty one is part of every name: it silently took
+        # the place of default_context_window for every model no other key matched.
+        for name in value:
+            if not name.strip():
+                raise ValueError(
+                    "a key must name (part of) a model; the models no key names get "
+                    f"{NAMESPACES['gateway']}DEFAULT_CONTEXT_WINDOW"
+                )
+            problem = model_name_problem(name, None)
+            if problem:
+                raise ValueError(f"key {name[:64]!r}: {problem}")
+        return value
+
     @field_validator("tokenize_urls")
     @classmethod
     def _valid_tokenize_urls(cls, value: dict[str, str]) -> dict[str, str]:
         # Checked at start: a malformed URL would only log "tokenize unavailable" on every
-        # Ask and count by estimate. The provider is named, never the URL.
+        # Ask and count by estimate. The provider is named, never the URL. A key is a
+        # provider of the generation service, known only through its ListModels (as
+        # DEFAULT_PROVIDER), so only its shape is checked: one no provider can have (a
+        # space, an upper-case letter is fine: names are read lower-cased) never matched,
+        # and its provider's models were counted by estimate without a word.
         for name, url in value.items():
+            if not PROVIDER_NAME.fullmatch(name.lower()):
+                raise ValueError(f"key {name[:64]!r}: {PROVIDER_NAME_RULE}")
             problem = http_url_problem(url)
             if problem:
                 raise ValueError(f"the URL of provider {name[:64]!r} {problem}")

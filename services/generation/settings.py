@@ -60,6 +60,7 @@ from services.common.settings import (
     NAMESPACES,
     DownstreamSettings,
     http_url_problem,
+    key_hint,
     redis_cluster_problem,
     redis_key_prefix_setting,
     redis_url_setting,
@@ -428,6 +429,8 @@ def _problems(name: str, sources: Mapping[str, str], err: ValidationError) -> li
     for error in err.errors(include_input=False, include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
         message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":  # a typo: said with the field it may mean
+            message = f"not a field of a provider{key_hint(field, ProviderConfig.model_fields)}"
         source = sources.get(field)
         if source is None:  # given nowhere (a required field): the entry that added it
             entry = sources.get("", PROVIDERS_VARIABLE)

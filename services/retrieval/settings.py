@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -80,6 +81,9 @@ MAX_ISOLATION_CALLS = 64
 
 class RetrievalSettings(DownstreamSettings):
     model_config = SettingsConfigDict(env_prefix=NAMESPACES["retrieval"])
+    json_objects: ClassVar[dict[str, tuple[type[BaseModel], str]]] = {
+        "rerank_providers": (RerankProvider, "field of a rerank provider")
+    }
 
     port: int = Field(default=50052, ge=0, le=65535)
     # None: no metrics endpoint; 0: a free port. `python -m services.retrieval` serves it;

@@ -500,7 +500,7 @@ def test_an_embeddings_or_rerank_key_no_http_header_can_hold_stops_retrieval(
                 "(api_key_env) instead",
                 "GENSEARCH_GENERATION_PROVIDERS[0].default_model (provider 'fake'): Field required",
                 "GENSEARCH_GENERATION_PROVIDERS[0].api_key (provider 'fake'): "
-                "Extra inputs are not permitted",
+                "not a field of a provider (did you mean api_key_env?)",
             ],
         ),
         # A default model of spaces only was sent upstream with every call naming none;
