@@ -625,15 +625,21 @@ def test_an_allowlist_entry_is_quoted_without_its_credentials(
 async def test_a_service_with_a_problem_found_after_loading_exits_with_one_line(
     service: str, variables: dict[str, str], line: str, tmp_path: Path
 ) -> None:
+    assert await lines_at_exit(service, variables, tmp_path) == [f"invalid setting {line}"]
+
+
+async def lines_at_exit(service: str, variables: dict[str, str], data_dir: Path) -> list[str]:
+    """What ``python -m services.<service>`` says on stderr, run with ``variables`` alone of
+    the GENSEARCH_ ones (and ``data_dir``), once it exited with status 1."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GENSEARCH_")}
-    env.update({"GENSEARCH_DATA_DIR": str(tmp_path), **variables})
+    env.update({"GENSEARCH_DATA_DIR": str(data_dir), **variables})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"services.{service}", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stderr = await _stderr_at_exit(proc)
     assert proc.returncode == 1
-    assert stderr.decode().splitlines() == [f"invalid setting {line}"]
+    return stderr.decode().splitlines()
 
 
 TARGETS = "host:port or dns:///host:port (or an ipv4:, ipv6: or unix: target)"

@@ -55,24 +55,26 @@ async def _stack(stack_factory: StackFactory, fake: FakeOpenAI) -> Stack:
     return stack
 
 
-def _setting_refused(code: object, reason: str, metadata: dict[str, str]) -> None:
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert (reason, metadata.get("setting")) == ("UNKNOWN_MODEL", SETTING)
+async def _conversation(stack: Stack, turns: int) -> str:
+    """A conversation of ``turns`` past turns, stored directly in memory."""
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    for n in range(turns):
+        await stack.memory.CreateInteraction(
+            mem_pb.CreateInteractionRequest(
+                conversation_id=cid, input=f"question {n}", response=f"answer {n}"
+            ),
+            metadata=ALICE,
+        )
+    return cid
 
 
 async def test_an_ask_with_history_names_the_setting_in_its_rewrite_and_answer(
     stack_factory: StackFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = await _stack(stack_factory, fake)
-    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
-    cid = made.conversation.conversation_id
     # A past turn, so the question is rewritten first (with the same model).
-    await stack.memory.CreateInteraction(
-        mem_pb.CreateInteractionRequest(
-            conversation_id=cid, input="Who wrote Dune?", response="Frank Herbert."
-        ),
-        metadata=ALICE,
-    )
+    cid = await _conversation(stack, 1)
     ask = gw_pb.AskRequest(
         collection="Books",
         llm_question="And when?",
@@ -85,8 +87,9 @@ async def test_an_ask_with_history_names_the_setting_in_its_rewrite_and_answer(
         pytest.raises(grpc.aio.AioRpcError) as caught,
     ):
         await stack.stub.Ask(ask, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(caught.value)
-    _setting_refused(caught.value.code(), info.reason, dict(info.metadata))
+    assert (info.reason, info.metadata["setting"]) == ("UNKNOWN_MODEL", SETTING)
     assert info.metadata["field"] == "llm_model"
     assert SETTING in (caught.value.details() or "")
     # The rewrite failed first (its fallback query used), saying the setting to fix.
@@ -108,15 +111,7 @@ async def test_a_summary_fold_names_the_setting(
     stack_factory: StackFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     stack = await _stack(stack_factory, fake)
-    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
-    cid = made.conversation.conversation_id
-    for n in range(4):
-        await stack.memory.CreateInteraction(
-            mem_pb.CreateInteractionRequest(
-                conversation_id=cid, input=f"question {n}", response=f"answer {n}"
-            ),
-            metadata=ALICE,
-        )
+    cid = await _conversation(stack, 4)
     settings = GatewaySettings(
         memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
         generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
