@@ -1,0 +1,75 @@
+"""``check_value``'s walk over a client's value: what it holds while it reads, and the
+field it names (the services' own tests name fields through their requests too)."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import pytest
+from google.protobuf import struct_pb2
+
+from services.common.errors import InvalidArgument
+from services.common.values import check_value
+
+WIDE = 100_000
+
+
+def _parsed(values: dict[str, object]) -> struct_pb2.Struct:
+    """A Struct as a server gets it: parsed from the wire."""
+    built = struct_pb2.Struct()
+    built.update(values)
+    return struct_pb2.Struct.FromString(built.SerializeToString())
+
+
+def test_the_walk_holds_as_much_as_the_value_is_deep_not_as_wide() -> None:
+    """A list's every element was pushed at once and held until read: each outlived the
+    young GC generation, and a 3.7 MB GenerateOnObjects of 60 lists of 15,500 values set
+    off full collections of the gateway's heap, 7-10 s of its event loop. Before, the
+    walk of one list of 100,000 values held about 20 MB at its peak; now a few entries."""
+    value = _parsed({"tags": [True] * WIDE, "deep": {"a": [{"b": [1.0, 2.0]}]}})
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        check_value(value, "properties")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, peak
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "reason"),
+    [
+        ({"a": [1.0, {"b": math.nan}]}, "properties.a[1].b", "NUMBER_NOT_FINITE"),
+        (
+            {"a": [1.0, 2.0], "b": [[math.inf]], "c": math.nan},
+            "properties.b[0][0]",
+            "NUMBER_NOT_FINITE",
+        ),
+        ({"a": {"b": {"c": {"d": 1.0}}}}, "properties.a.b.c", "NESTING_TOO_DEEP"),
+        ({"k" * 100: {"x": -math.inf}}, f"properties.{'k' * 64}.x", "NUMBER_NOT_FINITE"),
+    ],
+)
+def test_the_first_offender_in_reading_order_is_named(
+    values: dict[str, object], field: str, reason: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        check_value(_parsed(values), "properties", max_depth=3)
+    assert (caught.value.field, caught.value.reason) == (field, reason)
+
+
+def test_a_value_with_no_kind_is_named_where_it_must_have_one() -> None:
+    value = struct_pb2.Struct()
+    value.fields["a"].list_value.values.add().number_value = 1.0
+    value.fields["a"].list_value.values.add()  # no kind set
+    check_value(value, "info")  # read as null where kinds are not required
+    with pytest.raises(InvalidArgument) as caught:
+        check_value(value, "info", kind_required=True)
+    assert (caught.value.field, caught.value.reason) == ("info.a[1]", "VALUE_NOT_SET")
+    bare = struct_pb2.Value()
+    with pytest.raises(InvalidArgument) as caught:
+        check_value(bare, "value", kind_required=True)
+    assert caught.value.field == "value"
+    check_value(struct_pb2.Value(number_value=2.0), "value", max_depth=0)
