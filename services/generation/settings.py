@@ -172,6 +172,12 @@ class ProviderConfig(BaseModel):
     # generation time there). Past it the slot is freed and the attempt fails (retried
     # within the call's deadline). None: only the deadline bounds it.
     first_byte_timeout: float | None = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS)
+    # Seconds a slot freed by a cancelled call (its caller gone) is held before a queued
+    # call takes it, while calls wait: a storm's cancellations reach this service spread
+    # over up to hundreds of milliseconds, and a slot handed over at once went to a call
+    # whose own cancellation was still on its way, which then sent its request (paid for,
+    # never read). 0: handed over at once. docs/generation.md#provider-limits.
+    cancel_hold: float = Field(default=0.5, ge=0, le=MAX_WAIT_SECONDS)
 
     @field_validator("name")
     @classmethod
@@ -307,6 +313,7 @@ _ENV_FIELDS: dict[str, str] = {
     "MAX_TOKENS": "max_tokens",
     "CONTEXT_WINDOW": "context_window",
     "FIRST_BYTE_TIMEOUT": "first_byte_timeout",
+    "CANCEL_HOLD": "cancel_hold",
     "CHECK_MODELS": "check_models",
 }
 

@@ -292,11 +292,11 @@ class OpenAICompatibleProvider(Provider):
                         if await turns.failed(permit, fault):
                             continue
                         raise
-                    except BaseException:
+                    except BaseException as err:
                         # Cancelled (the caller left, or its budget ran out) mid-call. The
                         # release goes on apart from a cancelled call, tracked so that the
                         # close awaits it (admission.py's ``_release``): no bare shield.
-                        await permit.release(outcome="failed")
+                        await permit.release(outcome=_ended(err))
                         raise
                 except UpstreamFault as fault:
                     raise self._fail(fault, request, span, turns) from None
@@ -396,10 +396,10 @@ class OpenAICompatibleProvider(Provider):
                         if await turns.failed(permit, fault):
                             continue
                         raise
-                    except BaseException:
+                    except BaseException as err:
                         # Our caller went away (or the deadline cancelled us) mid-answer.
                         # Tracked apart from a cancelled call (admission.py's ``_release``).
-                        await permit.release(outcome="failed")
+                        await permit.release(outcome=_ended(err))
                         raise
                 except UpstreamFault as fault:
                     raise self._fail(fault, request, span, turns) from None
@@ -462,6 +462,13 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamFault(
                 "bad_response", "the stream ended before the model finished", retryable=True
             )
+
+
+def _ended(err: BaseException) -> str:
+    """The release outcome of an attempt ``err`` ended: ``cancelled`` when its caller left
+    (its slot is held a while before a queued call takes it: admission.py), else
+    ``failed``."""
+    return "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
 
 
 class _Turns:
