@@ -175,15 +175,24 @@ async def ensure_corpus(client: Client, provider: str, model: str, limit: int | 
     except NotFoundError:
         await client.collections.create_from(collection_spec(provider, model), timeout=30)
         count, created = 0, True
-    if count:
+    passages = demo_passages(limit)
+    # An import cut short (Ctrl-C during the first start's import) left part of the corpus,
+    # and every later start kept that part as if whole. The passages' ids are stable, so
+    # importing again replaces what is there and adds what is missing.
+    if count >= len(passages):
         print(f"demo collection {COLLECTION}: {count} passages (kept from the last run)")
         return count
+    state = (
+        f"{count} of its {len(passages)} passages (an import cut short?)"
+        if count
+        else ("created" if created else "empty")
+    )
     print(
-        f"demo collection {COLLECTION}: {'created' if created else 'empty'}; importing the "
+        f"demo collection {COLLECTION}: {state}; importing the "
         "Python language reference (pydoc topics), embedded with MiniLM on this CPU",
         flush=True,
     )
-    await import_corpus(client, demo_passages(limit))
+    await import_corpus(client, passages)
     got = await client.collections.get(COLLECTION).config(timeout=30)
     return got.object_count or 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -120,3 +121,39 @@ def test_hints_name_the_venv_script_when_gensearch_is_not_on_path(
     )
     monkeypatch.chdir(tmp_path)  # elsewhere: the script's full path
     assert command_name() == str(Path(sys.prefix) / "bin" / "gensearch")
+
+
+def test_a_demo_import_cut_short_is_completed_by_the_next_start(
+    running_stack: RunningStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C during the first start's import left part of the corpus; every later start
+    said "N passages (kept from the last run)" and ran the demo on that part for ever."""
+    from gensearch.client.errors import NotFoundError
+
+    from services.cli.client import Client, Connection
+
+    args = running_stack.stack.args
+    whole = demo.demo_objects(24)
+
+    async def cut_short_then_start_again() -> int:
+        conn = Connection(address=running_stack.address, api_key=running_stack.stack.api_key)
+        async with Client(conn) as client:
+            with contextlib.suppress(NotFoundError):
+                await client.collections.delete(demo.COLLECTION)
+            await client.collections.create_from(
+                demo.collection_spec(args.llm_provider, args.llm_model), timeout=30
+            )
+            cut = await client.collections.get(demo.COLLECTION).data.import_(whole[:10])
+            assert cut.imported == 10
+            try:
+                return await demo.ensure_corpus(client, args.llm_provider, args.llm_model, 24)
+            finally:
+                await client.collections.delete(demo.COLLECTION)
+
+    capsys.readouterr()
+    count = running_stack.loop.run(cut_short_then_start_again())
+    out = capsys.readouterr().out
+    assert count == 24  # the 10 replaced (stable ids), the 14 missing added
+    assert f"demo collection {demo.COLLECTION}: 10 of its 24 passages" in out
+    assert "kept from the last run" not in out
+    assert f"imported 24 objects into {demo.COLLECTION}" in out
