@@ -159,6 +159,9 @@ async def import_corpus(client: Client, passages: list[corpus.Passage]) -> int:
         argv = import_argv(str(path))
         print(f"  {command_name()} {shlex.join(argv)}", flush=True)
         args = build_parser().parse_args(argv)
+        # Cut short, the import's resume line would name this temporary file; the next
+        # start imports again instead (ensure_corpus).
+        args.say_resume = False
         return await HANDLERS[args.command](client, args)
 
 

@@ -11,6 +11,7 @@ it stops there instead, saying what it imported and from which line to resume).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import io
 import json
@@ -19,7 +20,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -207,9 +208,12 @@ async def import_objects(
     progress: Progress | None = None,
     chunker: Chunker | None = None,
     wait_for_quota: bool = True,
+    on_interrupt: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
     """Stream the good lines in batches over ImportObjects (the client's ``import_``); map
-    the per-object errors back to lines. The progress advances as each batch goes out."""
+    the per-object errors back to lines. The progress advances as each batch goes out.
+    Cancelled (Ctrl-C), it calls ``on_interrupt`` with what the acknowledged streams
+    imported and the first line none acknowledged, then lets the cancellation go on."""
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     result = ImportResult()
@@ -257,6 +261,17 @@ async def import_objects(
         result.resume_line = line_of[first_left] if first_left < len(line_of) else None
         if progress:
             progress.abort()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Ctrl-C: the streams acknowledged so far are written; the one under way may be in
+        # part. Said before the exception goes on, or the user is left with "interrupted".
+        if progress:
+            progress.abort()
+        if on_interrupt is not None:
+            result.received, result.imported = written.received, written.imported
+            first_left = written.received
+            result.resume_line = line_of[first_left] if first_left < len(line_of) else None
+            on_interrupt(result)
+        raise
     except BaseException:
         if progress:
             progress.abort()
@@ -358,6 +373,10 @@ async def run(client: Client, args: argparse.Namespace) -> int:
     handle, total = open_input(args.file)
     if chunker is not None:
         total = None  # lines are known, chunks are not
+
+    def say_interrupted(cut: ImportResult) -> None:
+        note(interrupted_line(cut, args))
+
     with handle:
         progress = None if args.json else Progress(total, label="importing")
         result = await import_objects(
@@ -369,6 +388,7 @@ async def run(client: Client, args: argparse.Namespace) -> int:
             progress=progress,
             chunker=chunker,
             wait_for_quota=args.wait_for_quota,
+            on_interrupt=say_interrupted if getattr(args, "say_resume", True) else None,
         )
     failed = result.failed
     if args.json:
@@ -425,6 +445,28 @@ def stopped_line(
     if file == "-":
         return f"{stop}; to resume, send the input from its line {resume_line} on: {command}"
     return f"{stop}; to resume: tail -n +{resume_line} {shlex.quote(file)} | {command}"
+
+
+def interrupted_line(result: ImportResult, args: argparse.Namespace) -> str:
+    """What an import stopped by Ctrl-C says: what is surely written, and how to go on.
+
+    Objects of the stream under way when it stopped may be written or not; an object
+    without an id among them is written again, under a new id, when it is sent again."""
+    noun = "object" if result.imported == 1 else "objects"
+    done = f"interrupted: {result.imported} {noun} imported into {args.collection} for sure"
+    if result.resume_line is None:
+        return f"{done}; every line was acknowledged"
+    line = result.resume_line
+    resume = f"{command_name()} import - --collection {shlex.quote(args.collection)}"
+    where = (
+        f", send the input from its line {line} on: {resume}"
+        if args.file == "-"
+        else f": tail -n +{line} {shlex.quote(args.file)} | {resume}"
+    )
+    return (
+        f"{done} (lines before {line}); lines from {line} on may be written in part "
+        f"(sent again, one without an id is written twice); to resume{where}"
+    )
 
 
 def _stopped_json(result: ImportResult) -> dict[str, Any]:
