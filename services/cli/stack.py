@@ -60,6 +60,8 @@ S = TypeVar("S", bound="CommonSettings")
 PARTS = ("memory", "retrieval", "generation")  # what the gateway calls
 GRACE_SECONDS = 5.0
 DEFAULT_DEMO_LIMIT = 300
+# How a busy gateway port is moved: `make run` takes no flags, so the variable too.
+GATEWAY_PORT_OPTION = "--port or GENSEARCH_GATEWAY_PORT"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -360,7 +362,7 @@ def _check_ports(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     if not 0 <= args.port <= 65535:
         # Bound as given, 70000 was port 4464 (the socket layer keeps 16 bits).
         raise CliError(f"--port must be 0..65535 (0 = any free port), not {args.port}")
-    wanted = [WantedPort("gateway port", args.port, "--port")]
+    wanted = [WantedPort("gateway port", args.port, GATEWAY_PORT_OPTION)]
     for name, part in settings.items():
         if name != "gateway":
             wanted.append(WantedPort(f"{name} port", part.port, f"GENSEARCH_{name.upper()}_PORT"))
@@ -732,7 +734,7 @@ async def _serve(stack: Stack, name: str, build: Callable[[], Awaitable[GrpcServ
             )
         else:
             where = err.where
-            hint = "--port" if name == "gateway" else f"GENSEARCH_{name.upper()}_PORT"
+            hint = GATEWAY_PORT_OPTION if name == "gateway" else f"GENSEARCH_{name.upper()}_PORT"
         raise CliError(
             f"{name}: cannot listen on {where} ({err.problem}); another gensearch running? "
             f"choose another port with {hint} (0 = any free port)"

@@ -95,7 +95,7 @@ def test_a_busy_port_is_one_line_before_anything_starts(
     assert captured.err.startswith(
         f"error: already in use on 127.0.0.1: gateway port {port}, memory metrics port {port} "
     )
-    assert "--port, GENSEARCH_MEMORY_METRICS_PORT" in captured.err
+    assert "--port or GENSEARCH_GATEWAY_PORT, GENSEARCH_MEMORY_METRICS_PORT" in captured.err
     # Nothing started: no Redis, no model, no "starting" line.
     assert "starting" not in captured.out and not (tmp_path / "data" / "redis").exists()
 
@@ -479,5 +479,6 @@ def test_a_port_held_by_an_outgoing_connection_is_not_blamed_on_another_gensearc
     assert _ports_refused(args, settings) == (
         f"already in use on 127.0.0.1: gateway port {port} (no server listens on it: a "
         "connection of this machine holds it; one that just closed frees it within a "
-        "minute); choose others with --port (0 = any free port); nothing was started"
+        "minute); choose others with --port or GENSEARCH_GATEWAY_PORT (0 = any free port); "
+        "nothing was started"
     )

@@ -197,7 +197,8 @@ def test_up_demo_then_ctrl_c_leaves_nothing_and_keeps_data(
         port = gateway.rsplit(":", 1)[1]
         assert clash.stderr.splitlines() == [
             f"error: already in use on 127.0.0.1: gateway port {port} (another gensearch "
-            "running?); choose others with --port (0 = any free port); nothing was started"
+            "running?); choose others with --port or GENSEARCH_GATEWAY_PORT (0 = any free "
+            "port); nothing was started"
         ], clash.stderr
         assert "starting" not in clash.stdout and "redis" not in clash.stdout
 
