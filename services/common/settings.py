@@ -522,6 +522,10 @@ class CommonSettings(BaseSettings):
         """Whether this service reads the variable ``name`` (upper case)."""
         return name in self.env_names()
 
+    def known_variables(self) -> list[str]:
+        """Every variable this service reads by name: what a typo is compared with."""
+        return list(self.env_names())
+
 
 class DownstreamSettings(CommonSettings):
     """The settings of a service the gateway calls (memory, retrieval, generation)."""
@@ -574,12 +578,25 @@ def warn_unknown_variables(*settings: CommonSettings) -> list[str]:
     """Logs (names only, never values) the variables ``unknown_variables`` finds."""
     unknown = unknown_variables(*settings)
     if unknown:
+        known = sorted({name for s in settings for name in s.known_variables()})
         log.warning(
             "unknown GENSEARCH_ variables ignored (a typo? see docs/operations.md): %s",
-            ", ".join(unknown),
+            ", ".join(_with_closest(name, known) for name in unknown),
             extra={"variables": unknown},
         )
     return unknown
+
+
+def _with_closest(name: str, known: list[str]) -> str:
+    """``GENSEARCH_GATEWAY_PROT (did you mean GENSEARCH_GATEWAY_PORT?)``: the warning
+    named the typo alone, and the user went looking for the variable in the docs."""
+    upper = name.upper()
+    # Compared after the namespace they share: with it, any two names of one service
+    # were close enough ("GENSEARCH_GATEWAY_ZZZZ" to "GENSEARCH_GATEWAY_PORT").
+    namespace = max((ns for ns in (PREFIX, *NAMESPACES.values()) if upper.startswith(ns)), key=len)
+    tails = {k[len(namespace) :]: k for k in known if k.startswith(namespace)}
+    hint = closest(upper[len(namespace) :], sorted(tails))
+    return f"{name} (did you mean {tails[hint]}?)" if hint else name
 
 
 def model_directory(value: str) -> str:

@@ -630,5 +630,11 @@ class GenerationSettings(DownstreamSettings, SchemaBoundSettings):
         the provider's name is an unknown variable too."""
         if super().reads(name):
             return True
+        return name in self._provider_variables()
+
+    def known_variables(self) -> list[str]:
+        return [*super().known_variables(), *self._provider_variables()]
+
+    def _provider_variables(self) -> set[str]:
         names = set(PRESETS) | {str(entry.get("name", "")) for entry in self.providers}
-        return any(name == provider_prefix(n) + suffix for n in names for suffix in _ENV_FIELDS)
+        return {provider_prefix(n) + suffix for n in names for suffix in _ENV_FIELDS}

@@ -229,3 +229,21 @@ def test_the_warning_names_variables_never_values(
         assert "GENSEARCH_MEMORY_PAGE_TOKEN_SECRETT" in warn_unknown_variables(MemorySettings())
     assert "GENSEARCH_MEMORY_PAGE_TOKEN_SECRETT" in caplog.text
     assert "do-not-log-me" not in caplog.text
+
+
+def test_the_warning_suggests_the_variable_meant(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It named the typo alone ("GENSEARCH_GATEWAY_PROT"), and the user went looking.
+    monkeypatch.setenv("GENSEARCH_GATEWAY_PROT", "50060")
+    monkeypatch.setenv("GENSEARCH_GENERATION_OPENIA_BASE_URL", "http://127.0.0.1:1/v1")
+    monkeypatch.setenv("GENSEARCH_GATEWAY_ZZZZZZZZ", "1")
+    with caplog.at_level(logging.WARNING, logger="gensearch.settings"):
+        warn_unknown_variables(GatewaySettings(), GenerationSettings())
+    assert "GENSEARCH_GATEWAY_PROT (did you mean GENSEARCH_GATEWAY_PORT?)" in caplog.text
+    assert (
+        "GENSEARCH_GENERATION_OPENIA_BASE_URL (did you mean "
+        "GENSEARCH_GENERATION_OPENAI_BASE_URL?)" in caplog.text
+    )
+    assert "GENSEARCH_GATEWAY_ZZZZZZZZ" in caplog.text
+    assert "GENSEARCH_GATEWAY_ZZZZZZZZ (did you mean" not in caplog.text
