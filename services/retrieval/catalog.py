@@ -37,6 +37,7 @@ from services.common.errors import (
     ResourceExhausted,
     over_limit,
 )
+from services.common.suggest import closest
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import (
@@ -144,7 +145,10 @@ class Catalog:
         check_collection_name(name, field)
         schema = await self._lookup(tenant, name)
         if schema is None:
-            raise not_found(name, field)
+            # The caller's own names only: another tenant's are never shown, and its
+            # collection still answers exactly as a name nobody has.
+            near = closest(name, sorted(n for t, n in self._schemas if t == tenant))
+            raise not_found(name, field, near)
         return schema
 
     async def _lookup(self, tenant: str, name: str) -> Schema | None:
@@ -364,9 +368,10 @@ def _already_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"collection {name!r} already exists", field="collection.name")
 
 
-def not_found(name: str, field: str) -> NotFound:
+def not_found(name: str, field: str, near: str | None = None) -> NotFound:
     # One answer for a name nobody has and a name another tenant has.
-    return NotFound(f"collection {name!r} not found", field=field)
+    hint = f" (did you mean {near!r}?)" if near else ""
+    return NotFound(f"collection {name!r} not found{hint}", field=field)
 
 
 # A page token is the last name of the page before, after a version prefix, in unpadded

@@ -422,3 +422,27 @@ async def test_the_answer_cache_refuses_clients_with_api_keys(
     await r.stub.StoreCachedAnswer(store, metadata=gateway)
     found = await r.stub.LookupCachedAnswer(lookup, metadata=gateway)
     assert found.found and found.answer == b"POISON"
+
+
+async def test_a_mistyped_collection_name_suggests_the_callers_own_collection(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    # "collection 'docs' not found" left the user guessing at case and typos; the hint
+    # comes from the caller's own collections only.
+    r = await start(make_retrieval, "edge")
+    await create(r, ACME, "Docs")
+    for typo in ("docs", "Dcos"):
+        err = await expect_error(
+            r.stub.GetCollection(pb.GetCollectionRequest(name=typo), metadata=ACME), NOT_FOUND
+        )
+        assert err.details() == f"name: collection {typo!r} not found (did you mean 'Docs'?)"
+        assert error_info(err).metadata["field"] == "name"
+    # Another tenant is told nothing of acme's names, and nothing unlike a name nobody has.
+    err = await expect_error(
+        r.stub.Search(
+            pb.SearchRequest(collection="docs", near_vector=pb.NearVector(vector=[1, 0, 0, 0])),
+            metadata=GLOBEX,
+        ),
+        NOT_FOUND,
+    )
+    assert err.details() == "collection 'docs' not found"
