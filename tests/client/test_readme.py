@@ -22,6 +22,8 @@ from tests.cli.conftest import RunningStack
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+GATEWAY = "gensearch.gateway.v1.GatewayService"
+KEY = "authorization: Bearer alice-key"  # ignored: the test stack has no keys
 
 
 def section(title: str, next_title: str) -> str:
@@ -90,6 +92,33 @@ def test_the_walk_through_runs_top_to_bottom(running_stack: RunningStack, tmp_pa
     # The second turn continued the first: ListInteractions shows both.
     listed = [json.loads(m) for m in re.findall(r'^\{\n  "interactions".*?^\}$', out, re.S | re.M)]
     assert [len(x["interactions"]) for x in listed] == [2, 1]
+    # Generation over inline objects, and the memory API's own turn.
+    assert '"name": "tea"' in out and '"input": "Best time to visit?"' in out
+
+    # "the second identical search answers every hit from Redis": the README's cached
+    # search, run again as a user would, comes back cached for every hit.
+    cached_search = next(
+        command
+        for command in re.split(r"\n(?=grpcurl |# )", script)
+        if command.startswith("grpcurl ")
+        and "CACHE_MODE_USE" in command
+        and "$G/Generative" in command
+    )
+    again = subprocess.run(
+        [
+            "bash",
+            "-c",
+            "\n".join(["set -euo pipefail", f"G={GATEWAY}", f"KEY={KEY!r}", cached_search]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{Path(tool('grpcurl')).parent}:{os.environ['PATH']}"},
+    )
+    assert again.returncode == 0, again.stderr
+    hits = json.loads(again.stdout)["hits"]
+    assert hits and all(hit["generation"].get("cached") for hit in hits), again.stdout[:2000]
 
 
 def test_the_cli_block_makes_every_file_it_reads(tmp_path: Path) -> None:
