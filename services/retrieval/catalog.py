@@ -24,6 +24,7 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
@@ -37,7 +38,7 @@ from services.common.errors import (
     ResourceExhausted,
     over_limit,
 )
-from services.common.suggest import closest
+from services.common.suggest import did_you_mean
 from services.retrieval.answer_cache_marker import is_cache_schema
 from services.retrieval.embedders import Embedders
 from services.retrieval.schema import (
@@ -147,8 +148,7 @@ class Catalog:
         if schema is None:
             # The caller's own names only: another tenant's are never shown, and its
             # collection still answers exactly as a name nobody has.
-            near = closest(name, sorted(n for t, n in self._schemas if t == tenant))
-            raise not_found(name, field, near)
+            raise not_found(name, field, (n for t, n in self._schemas if t == tenant))
         return schema
 
     async def _lookup(self, tenant: str, name: str) -> Schema | None:
@@ -368,10 +368,11 @@ def _already_exists(name: str) -> AlreadyExists:
     return AlreadyExists(f"collection {name!r} already exists", field="collection.name")
 
 
-def not_found(name: str, field: str, near: str | None = None) -> NotFound:
-    # One answer for a name nobody has and a name another tenant has.
-    hint = f" (did you mean {near!r}?)" if near else ""
-    return NotFound(f"collection {name!r} not found{hint}", field=field)
+def not_found(name: str, field: str, own: Iterable[str] = ()) -> NotFound:
+    """One answer for a name nobody has and a name another tenant has; the closest of the
+    caller's ``own`` names, if any is close, as a suggestion (message and metadata)."""
+    hint, metadata = did_you_mean(name, sorted(own))
+    return NotFound(f"collection {name!r} not found{hint}", field=field, metadata=metadata)
 
 
 # A page token is the last name of the page before, after a version prefix, in unpadded

@@ -435,8 +435,9 @@ async def test_a_mistyped_collection_name_suggests_the_callers_own_collection(
         err = await expect_error(
             r.stub.GetCollection(pb.GetCollectionRequest(name=typo), metadata=ACME), NOT_FOUND
         )
-        assert err.details() == f"name: collection {typo!r} not found (did you mean 'Docs'?)"
+        assert err.details() == f"name: collection {typo!r} not found; did you mean 'Docs'?"
         assert error_info(err).metadata["field"] == "name"
+        assert error_info(err).metadata["suggestion"] == "Docs"
     # Another tenant is told nothing of acme's names, and nothing unlike a name nobody has.
     err = await expect_error(
         r.stub.Search(
