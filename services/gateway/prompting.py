@@ -11,7 +11,7 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from services.common.errors import InvalidArgument
 from services.common.tokens import estimate_tokens
 from services.gateway.conversation import SYSTEM, USER, Turn, history_messages
-from services.gateway.grouped import hit_block
+from services.gateway.grouped import hit_block, selection
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer the question using the numbered search results. "
@@ -58,7 +58,8 @@ def prompt_texts(
         texts.append(SUMMARY_PREFIX + summary)
     for turn in turns:
         texts += [turn.question, turn.answer]
-    texts += [hit_block(i, hit.properties, context_fields) for i, hit in enumerate(hits, start=1)]
+    selected = selection(context_fields)
+    texts += [hit_block(i, hit.properties, selected) for i, hit in enumerate(hits, start=1)]
     return texts
 
 
@@ -95,8 +96,9 @@ def question_message(
     user_instructions: str,
     question: str,
 ) -> gen_pb.Message:
+    selected = selection(context_fields)
     blocks = _BLOCK_JOINT.join(
-        hit_block(i, hit.properties, context_fields) for i, hit in enumerate(hits, start=1)
+        hit_block(i, hit.properties, selected) for i, hit in enumerate(hits, start=1)
     )
     parts = [f"{_RESULTS_HEADER}{blocks or _NO_RESULTS}"]
     if user_instructions.strip():
@@ -147,7 +149,8 @@ def fit_prompt(
     budget = context_window - answer_tokens
     turns = list(turns)
     instructions = user_instructions.strip()
-    blocks = [count(hit_block(i, h.properties, context_fields)) for i, h in enumerate(hits, 1)]
+    selected = selection(context_fields)
+    blocks = [count(hit_block(i, h.properties, selected)) for i, h in enumerate(hits, 1)]
 
     def question_tokens(n_hits: int) -> int:
         results = count(_RESULTS_HEADER) + (
@@ -194,7 +197,7 @@ def fit_prompt(
     if max_chars:
         # Counted as each piece goes, not rebuilt: five hits of 300 KB are 1.5 MB a build.
         chars = _chars(build_messages(system_prompt, recent, asked, summary))
-        hit_chars = [len(hit_block(i, h.properties, context_fields)) for i, h in enumerate(hits, 1)]
+        hit_chars = [len(hit_block(i, h.properties, selected)) for i, h in enumerate(hits, 1)]
         while chars > max_chars:
             if recent:
                 dropped = recent.pop(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
@@ -149,3 +151,33 @@ def test_context_window_by_model_name() -> None:
     assert context_window_for("SmolLM2-135M-Instruct", windows, 8192) == 2048
     assert context_window_for("gpt-4o-mini-2024", windows, 8192) == 64_000
     assert context_window_for("llama3", windows, 8192) == 8192
+
+
+class CountedNames(list[str]):
+    """A selection of context fields that counts how often it is read whole."""
+
+    reads = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return super().__iter__()
+
+
+def test_an_ask_prompt_reads_its_context_fields_once_not_once_a_hit() -> None:
+    """The context fields (up to a schema's 10,000 names) were made into a selection once
+    for every hit of every piece the prompt counts and builds: hits x names. Now once a
+    piece (fit_prompt, the question message)."""
+    fields = CountedNames(["title", "body", *(f"unused{i}" for i in range(100))])
+    prompt = fit_prompt(
+        system_prompt="SYS",
+        turns=[],
+        hits=_hits(40),
+        context_fields=fields,
+        user_instructions="",
+        question="What?",
+        context_window=100_000,
+        answer_tokens=256,
+        max_chars=1_000_000,
+    )
+    assert prompt.hits_used == 40
+    assert fields.reads <= 3, fields.reads
