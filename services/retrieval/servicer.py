@@ -364,11 +364,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if size > limit:
             raise _batch_too_large(
                 f"{field} holds {size} entries",
-                f", more than the limit of {limit}",
-                field,
-                limit,
-                MAX_BATCH_SIZE_SETTING,
-                message_no,
+                detail=f", more than the limit of {limit}",
+                field=field,
+                limit=limit,
+                setting=MAX_BATCH_SIZE_SETTING,
+                message_no=message_no,
             )
 
     def _check_values(self, objects: Any, message_no: int | None = None) -> dict[int, int]:
@@ -383,12 +383,12 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         except BatchTooManyValues:
             raise _batch_too_large(
                 f"objects hold more than {limit} property values",
-                f" ({PER_BATCH_SETTING}: each property's value, list element and nested field "
-                "counts one)",
-                "objects",
-                limit,
-                PER_BATCH_SETTING,
-                message_no,
+                detail=f" ({PER_BATCH_SETTING}: each property's value, list element and nested "
+                "field counts one)",
+                field="objects",
+                limit=limit,
+                setting=PER_BATCH_SETTING,
+                message_no=message_no,
             ) from None
 
     async def GetObject(
@@ -617,9 +617,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
 
 
 def _batch_too_large(
-    what: str, detail: str, field: str, limit: int, setting: str, message_no: int | None
+    what: str, *, detail: str, field: str, limit: int, setting: str, message_no: int | None
 ) -> InvalidArgument:
-    """The refusal of a whole batch past one of its bounds (objects, values, ids): one
+    """The refusal of a whole write batch past one of its bounds (its objects, its property
+    values; a read's ids are OUT_OF_RANGE, as every read's count bound): one
     reason, field and metadata whatever the bound, so a client splits batches on
     BATCH_TOO_LARGE and its ``max`` without parsing the message. ``message_no``: the
     ImportObjects message it came in (None for a unary call)."""

@@ -1,5 +1,6 @@
-"""``check_value``'s walk over a client's value: what it holds while it reads, and the
-field it names (the services' own tests name fields through their requests too)."""
+"""``check_value``'s walk over a client's value: what it holds while it reads (the test
+that failed on the old walk), and the field it names (guards: the old walk named the same
+fields; the services' own tests name fields through their requests too)."""
 
 from __future__ import annotations
 
