@@ -17,7 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from gensearch.client.errors import ClientClosedError, from_rpc_error
+from gensearch.client._unreachable import Target
+from gensearch.client.errors import ClientClosedError, GensearchError, from_rpc_error
 from gensearch.gateway.v1 import gateway_service_pb2_grpc
 from gensearch.generation.v1 import generation_service_pb2_grpc
 from gensearch.memory.v1 import memory_service_pb2_grpc
@@ -153,10 +154,12 @@ class Transport:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if address:
-            self.address = _target(address)
+            self.address, origin = _target(address), "address"
         else:
             from_env = os.environ.get("GENSEARCH_ADDRESS")
             self.address = _target(from_env or DEFAULT_ADDRESS, "GENSEARCH_ADDRESS")
+            origin = "GENSEARCH_ADDRESS" if from_env else "default"
+        self.target = Target(self.address, origin, tls=credentials is not None)
         key = api_key if api_key is not None else os.environ.get("GENSEARCH_API_KEY", "")
         pairs: list[tuple[str, str]] = []
         if key:
@@ -207,6 +210,9 @@ class Transport:
             raise ClientClosedError()
         return self.timeout if timeout is DEFAULT else seconds(timeout)
 
+    def _error(self, err: grpc.aio.AioRpcError) -> GensearchError:
+        return from_rpc_error(err, target=self.target)
+
     def _cancelled_by_close(self) -> bool:
         """Whether a call's asyncio.CancelledError came from the channel's close() (grpc
         cancels the calls in flight), not from the caller's own task being cancelled (whose
@@ -218,7 +224,7 @@ class Transport:
         try:
             return await method(request, metadata=self.metadata, timeout=self._deadline(timeout))
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         except asyncio.CancelledError as err:
             if self._cancelled_by_close():
                 raise ClientClosedError() from err
@@ -232,7 +238,7 @@ class Transport:
             async for reply in call:
                 yield reply
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         except asyncio.CancelledError as err:
             if self._cancelled_by_close():
                 raise ClientClosedError() from err
@@ -246,7 +252,7 @@ class Transport:
         try:
             return await method(requests, metadata=self.metadata, timeout=self._deadline(timeout))
         except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from err
+            raise self._error(err) from err
         except asyncio.CancelledError as err:
             if self._cancelled_by_close():
                 raise ClientClosedError() from err

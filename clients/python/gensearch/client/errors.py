@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
+from gensearch.client import _unreachable
 from gensearch.client import types as t
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 from google.rpc import error_details_pb2
@@ -898,8 +899,12 @@ def _combined(
     return _COMBINED[key]
 
 
-def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
-    """The exception for a failed call, with its ErrorInfo and BadRequest details."""
+def from_rpc_error(
+    err: grpc.aio.AioRpcError | grpc.RpcError, *, target: _unreachable.Target | None = None
+) -> GensearchError:
+    """The exception for a failed call, with its ErrorInfo and BadRequest details.
+    ``target``: what the channel dialled, so a failed connection's message can name it
+    and say what to check."""
     code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
     message = " ".join((err.details() or "").split()) or code.name  # type: ignore[attr-defined]
     reason = domain = ""
@@ -928,6 +933,9 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> GensearchError:
             answer = rpb.ImportObjectsResponse()
             detail.Unpack(answer)
             object_errors.extend(t.from_proto(t.ObjectError, e) for e in answer.errors)
+    if target is not None and code == grpc.StatusCode.UNAVAILABLE and not reason:
+        # No ErrorInfo: the channel's own failure, not a service's answer.
+        message = _unreachable.explain(message, target) or message
     code_cls = _BY_CODE.get(code, GensearchError)
     cls = _BY_REASON.get(reason, code_cls)
     if not issubclass(cls, code_cls):
