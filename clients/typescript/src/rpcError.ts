@@ -162,7 +162,7 @@ export class GensearchError extends Error {
   readonly retryDelayMs: number | undefined;
 
   constructor(readonly cause: ConnectError) {
-    super(cause.rawMessage);
+    super(unreachableMessage(cause) ?? cause.rawMessage);
     this.name = "GensearchError";
     this.code = cause.code;
     const [info] = cause.findDetails(ErrorInfoSchema);
@@ -186,6 +186,39 @@ export class GensearchError extends Error {
   get field(): string {
     return this.metadata["field"] || this.fieldViolations[0]?.field || "";
   }
+}
+
+// Node's errors for a connection never made, and what to check for each. Connect-node's
+// text for them is Node's alone ("connect ECONNREFUSED 127.0.0.1:50050"): no word of the
+// stack or the address's setting, which a new user calling before `make run` needs.
+const STACK_UP = "nothing listens there (connection refused): is the stack up (`make run`), " +
+  "and are the host and port the gateway's (GENSEARCH_ADDRESS; default port 50050)?";
+const NO_HOST = "its host name does not resolve: check GENSEARCH_ADDRESS";
+const NO_ROUTE = "no connection to that host: are the host and port the gateway's (GENSEARCH_ADDRESS)?";
+const NOT_CONNECTED: Record<string, string> = {
+  ECONNREFUSED: STACK_UP,
+  ENOTFOUND: NO_HOST,
+  EAI_AGAIN: NO_HOST,
+  EHOSTUNREACH: NO_ROUTE,
+  ENETUNREACH: NO_ROUTE,
+  ETIMEDOUT: NO_ROUTE,
+};
+
+type SystemError = Error & { code?: string; address?: string; port?: number; hostname?: string };
+
+/** For a call that never reached a server: "cannot reach the gateway at <address>: <what to
+ * check> (<Node's text>)"; undefined for anything else. A status a server sent has no
+ * Node system error as its cause, so a server's own Unavailable keeps its message. */
+function unreachableMessage(error: ConnectError): string | undefined {
+  const system = error.cause as SystemError | undefined;
+  if (error.code !== Code.Unavailable || !(system instanceof Error)) return undefined;
+  const hint = NOT_CONNECTED[system.code ?? ""];
+  if (hint === undefined) return undefined;
+  const host = system.address?.includes(":") ? `[${system.address}]` : system.address;
+  const where = host !== undefined && system.port !== undefined
+    ? `${host}:${system.port}`
+    : host ?? system.hostname;
+  return `cannot reach the gateway${where ? ` at ${where}` : ""}: ${hint} (${error.rawMessage})`;
 }
 
 /** A code's canonical gRPC name, `UNAVAILABLE` for Code.Unavailable: the reason a status
