@@ -70,9 +70,9 @@ def test_the_grace_period_is_named_in_full() -> None:
 
 # Through real gRPC: the calls the chassis' work cut did not reach. Each ended bare before
 # (UNAVAILABLE "Cancelling all calls" at the end of the grace period, no ErrorInfo).
-# 4 s: the chassis ends its calls margin(GRACE) before the grace period ends (50 ms at 1 s,
-# half of it a client stream's drain), the most it keeps (0.2 s) only from 4 s up; at 1 s
-# a loaded machine missed it in the same test of retrieval (CANCELLED, bare).
+# 4 s: the chassis ends its calls shutdown_cut.margin(GRACE) before the grace period ends
+# (10 %, at most 1 s: 0.1 s at 1 s, half of it a client stream's drain; 0.4 s at 4 s); at
+# 1 s a loaded machine missed it in the same test of retrieval (CANCELLED, bare).
 GRACE = 4.0
 SERVICE = "gensearch.test.v1.ShutdownTestService"
 

@@ -167,9 +167,16 @@ async def test_a_stream_past_its_lifetime_reads_on_what_its_client_still_sends(
     (grpc/grpc#36066), and an importer would lose the counts it needs to resume. A stream
     ended past its lifetime (or idle) was not: the wait that ended it cancelled its read,
     which closed gRPC's reader, so the drain read nothing and the status left under the
-    client's writes. Here the client writes every 5 ms until 0.3 s past the lifetime, then
-    half-closes: it must get to its end, and read STREAM_TOO_LONG with its counts. Before,
-    gRPC stopped taking its messages at the status (the client never got to its end)."""
+    client's writes. Here the client writes every 5 ms until 0.3 s past the stream's end,
+    then half-closes: it must get to its end, and read STREAM_TOO_LONG with its counts.
+    Before, gRPC stopped taking its messages at the status (the client never got to its end).
+
+    The end is the server's, seen as its call slot given back (at once, before the drain),
+    not a lifetime counted from the client's start: the server counts it from when the
+    call reaches it, later on a loaded machine, so a client that half-closed 0.3 s past
+    its own count could do so before the server's end (the call then succeeded, every
+    message imported). Counted from the end it sees, the client half-closes 0.3 s into a
+    drain of 2 s, whenever that drain begins."""
     lifetime = 0.5
     harness = await make_retrieval(
         stream_idle_timeout=IDLE, client_stream_max_seconds=lifetime, max_concurrent_rpcs=1
@@ -178,18 +185,27 @@ async def test_a_stream_past_its_lifetime_reads_on_what_its_client_still_sends(
         pb.CreateCollectionRequest(collection=vector_collection("A"))
     )
     loop = asyncio.get_running_loop()
+    slots = harness.server.call_slots
     finished = False
 
-    async def writing_past(end: float) -> AsyncIterator[pb.ImportObjectsRequest]:
+    async def writing_past_the_end() -> AsyncIterator[pb.ImportObjectsRequest]:
         nonlocal finished
         yield _batch(1, "A")
-        while loop.time() < end:
+        give_up = loop.time() + 20 * lifetime  # a server that never ends it: no hang
+        began = False
+        end: float | None = None
+        while end is None or loop.time() < end:
             await asyncio.sleep(0.005)
+            began = began or slots.in_flight > 0
+            if end is None and began and slots.in_flight == 0:
+                end = loop.time() + 0.3  # the stream was ended: on past it, then half-close
+            elif end is None and loop.time() > give_up:
+                return
             yield _batch(1)
         finished = True
 
     with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await harness.stub.ImportObjects(writing_past(loop.time() + lifetime + 0.3), timeout=10)
+        await harness.stub.ImportObjects(writing_past_the_end(), timeout=30)
     err = ended.value
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     info = error_info(err)

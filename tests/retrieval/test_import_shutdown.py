@@ -20,10 +20,10 @@ from tests.retrieval.conftest import (
 )
 from tests.support.rpc import error_info
 
-# The grace period of the stop. The chassis ends its calls margin(GRACE) before it ends
-# (5 %: 50 ms at 1 s) and a stream's drain takes half of that, so the status had 25 ms to
-# leave before gRPC cancelled the call bare: a loaded machine missed it (CANCELLED, 1 of 4
-# runs at load 2). At 4 s the margin is 0.2 s, the most the chassis keeps.
+# The grace period of the stop. The chassis ends its calls shutdown_cut.margin(GRACE)
+# before it ends (10 %, at most 1 s: 0.1 s at 1 s) and a client stream's drain takes half
+# of that, so the status had 50 ms to leave before gRPC cancelled the call bare: a loaded
+# machine missed it (CANCELLED, 1 of 4 runs at load 2). At 4 s the margin is 0.4 s.
 GRACE = 4.0
 
 
