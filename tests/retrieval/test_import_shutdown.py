@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
+from services.common.shutdown_cut import Draining
 from tests.retrieval.conftest import (
     MakeRetrieval,
     expect_error,
@@ -19,6 +20,7 @@ from tests.retrieval.conftest import (
     vector_collection,
 )
 from tests.support.rpc import error_info
+from tests.support.waiting import until
 
 # The grace period of the stop. The chassis ends its calls shutdown_cut.margin(GRACE)
 # before it ends (10 %, at most 1 s: 0.1 s at 1 s) and a client stream's drain takes half
@@ -27,21 +29,22 @@ from tests.support.rpc import error_info
 GRACE = 4.0
 
 
-async def _one_batch_then_silent(
-    sent: asyncio.Event, collection: str = "A", count: int = 2
-) -> AsyncIterator[pb.ImportObjectsRequest]:
-    objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(count)]
-    yield pb.ImportObjectsRequest(collection=collection, objects=objects)
-    sent.set()
-    await asyncio.Event().wait()
-
-
 async def _one_batch_then_end(
-    sent: asyncio.Event, collection: str, count: int
+    sent: asyncio.Event, collection: str, count: int, draining: Draining | None = None
 ) -> AsyncIterator[pb.ImportObjectsRequest]:
+    """One message, then the end of the stream: at once, or (``draining``) once the
+    server's cut has begun, so that the stream is still open when the cut lands and its
+    drain then reads the end, not half the shutdown margin of silence."""
     objects = [obj({"title": f"t{i}"}, vector=[0.1, 0.2, 0.3, 0.4]) for i in range(count)]
     yield pb.ImportObjectsRequest(collection=collection, objects=objects)
     sent.set()
+    if draining is not None:
+        cut = draining
+
+        async def cut_begun() -> bool:
+            return cut.ending
+
+        await until(cut_begun, "the server's cut began", 60)
 
 
 async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
@@ -52,7 +55,12 @@ async def test_an_import_open_as_the_grace_period_ends_says_what_it_imported(
         pb.CreateCollectionRequest(collection=vector_collection("A"))
     )
     sent = asyncio.Event()
-    call = retrieval.stub.ImportObjects(_one_batch_then_silent(sent), timeout=60)
+    # Open until the cut, then half-closed: the drain reads the end at once and the status
+    # has the whole margin to leave (0.4 s at 4 s). A client silent to the end held the
+    # drain half of it, and the status had 0.2 s before gRPC cancelled the call bare (the
+    # other test of this file read CANCELLED so, 1 of 5 runs at load 6-8).
+    ending = retrieval.server.draining
+    call = retrieval.stub.ImportObjects(_one_batch_then_end(sent, "A", 2, ending), timeout=60)
     await sent.wait()
     # The first message written: the stream now waits for the next one.
     loop = asyncio.get_running_loop()
