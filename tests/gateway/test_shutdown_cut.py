@@ -23,6 +23,7 @@ from tests.gateway.conftest import (
 )
 from tests.support.fake_openai import Behaviour
 from tests.support.rpc import error_info, failure_of, stopped_mid_stream
+from tests.support.waiting import until
 
 # The grace period of the stop. The chassis ends its calls shutdown_cut.margin(GRACE)
 # before it ends (10 %, at most 1 s: 0.1 s at 1 s) and a client stream's drain takes half
@@ -72,16 +73,26 @@ async def test_an_import_through_the_gateway_cut_by_retrieval_keeps_its_counts(
     the gateway's caller gets those counts, where to resume, as from retrieval itself."""
     await create_books(stack, books=[])
     sent = asyncio.Event()
+    draining = stack.servers["retrieval"].draining
 
-    async def one_batch_then_silent() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+    async def cut_begun() -> bool:
+        return draining.ending
+
+    async def one_batch_then_end_at_the_cut() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        # Open until retrieval's cut has begun, then half-closed (through the gateway):
+        # retrieval's drain reads the end at once, and the status has the whole margin to
+        # leave. A client silent to the end held the drain half of it (0.2 s at 4 s), the
+        # window retrieval's own test of this missed under load (CANCELLED, bare).
         objects = [
             ret_pb.DataObject(properties=_title(f"t{i}"), vector=vector(i)) for i in range(2)
         ]
         yield ret_pb.ImportObjectsRequest(collection="Books", objects=objects)
         sent.set()
-        await asyncio.Event().wait()
+        await until(cut_begun, "retrieval's cut began", 60)
 
-    call = stack.retrieval.ImportObjects(one_batch_then_silent(), metadata=ALICE, timeout=60)
+    call = stack.retrieval.ImportObjects(
+        one_batch_then_end_at_the_cut(), metadata=ALICE, timeout=60
+    )
     await sent.wait()
     # The first message written: the relayed stream now waits for the next one.
     loop = asyncio.get_running_loop()
