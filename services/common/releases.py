@@ -48,6 +48,11 @@ class Releases:
         task.add_done_callback(self._pending.discard)
         return task
 
+    def start(self, release: Coroutine[Any, Any, None]) -> None:
+        """Runs ``release`` as a task of its own, awaited by ``settle``: for a release no
+        call is left to run (a timer's, a close's)."""
+        self._start(release)
+
     async def run(
         self,
         release: Callable[[], Coroutine[Any, Any, None]],

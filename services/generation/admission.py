@@ -44,6 +44,13 @@ cancellation, arriving, freed a slot for the next. Checking the call before it s
 or one more loop pass, cannot see a cancellation that has not arrived (measured: 10-12
 requests still sent of 12); the hold lets them arrive, and the queued calls they cancel
 leave without a turn.
+The held slot stays taken in the shared limits too (their slot in flight is given back
+when the hold ends, not when the call ends): given back at once, the head of any
+replica's queue took it from Redis, and with ``max_in_flight`` shared by replicas the
+hold held nothing. A hold ends early, the slot free at once, when the queue empties (the
+cancellations it waited for have come: nobody is left to keep it from) and when the
+limiter closes. A held slot is not a running call: the adaptive limit is told of the
+calls running, without the held ones.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from services.common.auth import current_tenant
 from services.common.upstream_retry import Deadline
@@ -133,6 +141,15 @@ class _FairQueue:
         return True
 
 
+class _Hold(NamedTuple):
+    """A cancelled call's slot held from the queue: the timer that ends the hold, and what
+    its release needs then."""
+
+    timer: asyncio.TimerHandle
+    tokens: float | None
+    latency: float
+
+
 class Permit:
     """One admitted attempt; ``release`` exactly once when it ends."""
 
@@ -188,6 +205,10 @@ class ProviderLimiter:
         # One tenant's calls in flight here, at most ``max_in_flight_per_tenant``.
         self._per_tenant = config.max_in_flight_per_tenant
         self._cancel_hold = config.cancel_hold
+        # The cancelled calls' slots held from the queue, counted in ``in_flight`` (and in
+        # the shared limits) until their hold ends. Only while calls wait: emptied with the
+        # queue, so a call arriving at an empty queue never meets one.
+        self._held: dict[Permit, _Hold] = {}
         self._tenant_in_flight: dict[str, int] = {}
         self._queue = _FairQueue(self._tenant_full)
         self._seq = itertools.count()
@@ -279,6 +300,10 @@ class ProviderLimiter:
 
     def _leave(self, waiter: _Waiter) -> None:
         if self._queue.remove(waiter):
+            if not self._queue and self._held:
+                # Nobody waits any more: the cancellations the holds waited for came (or
+                # the queue left otherwise), and a call arriving now is wanted.
+                self._end_holds()
             self._wake_head()
 
     def _wake_head(self) -> None:
@@ -390,13 +415,15 @@ class ProviderLimiter:
         latency = loop.time() - permit.started
         IN_FLIGHT.labels(self.name).dec()  # no request runs: the gauge says so at once
         if outcome == "cancelled" and self._cancel_hold and self._queue:
-            # Held, counted in flight here (and in its tenant's share), so that the
-            # cancellations still on their way take the queued calls they are for out of
-            # the queue before it moves (see the module). Not a lost slot: it comes back
-            # when the hold ends, whatever happens meanwhile.
-            loop.call_later(self._cancel_hold, self._free, permit, outcome, latency)
-        else:
-            self._free(permit, outcome, latency)
+            # Held, counted in flight here (and in its tenant's share, and in the shared
+            # limits), so that the cancellations still on their way take the queued calls
+            # they are for out of the queue before it moves (see the module). Not a lost
+            # slot: it comes back when the hold ends, the queue empties or the limiter
+            # closes, whatever happens meanwhile.
+            timer = loop.call_later(self._cancel_hold, self._end_hold, permit)
+            self._held[permit] = _Hold(timer, tokens, latency)
+            return
+        self._free(permit, outcome, latency)
         if self._shared is not None:
             # Run by the shared limits' releases, as ``_forget_shared``: a call cancelled
             # (its client gone, the shutdown's cut) releases in a task the registry's close
@@ -410,19 +437,45 @@ class ProviderLimiter:
                 again=functools.partial(release, 0.0),
             )
 
-    def _free(self, permit: Permit, outcome: str, latency: float) -> None:
+    def _end_hold(self, permit: Permit, *, publish: bool = True) -> None:
+        """A held slot back: here at once, in the shared limits by a release task the
+        registry's close awaits (no caller is left to run it in; the lease bounds it if
+        the process dies first)."""
+        hold = self._held.pop(permit, None)
+        if hold is None:
+            return
+        hold.timer.cancel()
+        self._free(permit, "cancelled", hold.latency, publish=publish)
+        if self._shared is not None:
+            self._shared.releases.start(
+                self._shared.release(self.scope, permit.call_id, self._refund(permit, hold.tokens))
+            )
+
+    def _end_holds(self, *, publish: bool = True) -> None:
+        for permit in list(self._held):
+            self._end_hold(permit, publish=publish)
+
+    def close(self) -> None:
+        """Ends the holds at once (their slots back in the shared limits before Redis
+        closes; no timer left to touch the gauges of a closed service)."""
+        self._end_holds(publish=False)
+
+    def _free(self, permit: Permit, outcome: str, latency: float, *, publish: bool = True) -> None:
         """``permit``'s slot back to the queue: its head (or the next tenant's) may go."""
         self.in_flight -= 1
-        held = self._tenant_in_flight.get(permit.tenant, 0) - 1
-        if held > 0:
-            self._tenant_in_flight[permit.tenant] = held
+        left = self._tenant_in_flight.get(permit.tenant, 0) - 1
+        if left > 0:
+            self._tenant_in_flight[permit.tenant] = left
         else:
             self._tenant_in_flight.pop(permit.tenant, None)
+        # The calls that ran beside this one, this one included: held slots ran nothing.
+        running = self.in_flight - len(self._held) + 1
         if outcome == "ok":
-            self.limit.succeeded(latency, self.in_flight + 1)
+            self.limit.succeeded(latency, running)
         elif outcome == "overloaded":
-            self.limit.overloaded(self.in_flight + 1)
-        self._publish_limit()
+            self.limit.overloaded(running)
+        if publish:
+            self._publish_limit()
         self._released.set()
         self._wake_head()  # its tenant's next call may be the head again, under its share
 
@@ -466,3 +519,8 @@ class Limiters:
                 self._config, scope, self._shared, operator_url=self._operator_url
             )
         return limiter
+
+    def close(self) -> None:
+        """Ends every queue's holds (``ProviderLimiter.close``)."""
+        for limiter in self._by_scope.values():
+            limiter.close()

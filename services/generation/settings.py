@@ -76,6 +76,8 @@ LOCAL_SLOTS = 16
 # latency_factor: an answer this many times slower than the recent average is an overload
 # signal; any factor above it never fires (set latency_factor to None for that).
 MAX_LATENCY_FACTOR = 1000
+# A cancelled call's slot held from the queue (cancel_hold), at most: it idles meanwhile.
+MAX_CANCEL_HOLD = 10
 LOCAL_CONTEXT = 2048
 # The local model's answer when a request sets no max_tokens: SmolLM2-135M often repeats
 # itself until its context is full, which on 2 shared cores outlasted the first-byte
@@ -176,8 +178,9 @@ class ProviderConfig(BaseModel):
     # call takes it, while calls wait: a storm's cancellations reach this service spread
     # over up to hundreds of milliseconds, and a slot handed over at once went to a call
     # whose own cancellation was still on its way, which then sent its request (paid for,
-    # never read). 0: handed over at once. docs/generation.md#provider-limits.
-    cancel_hold: float = Field(default=0.5, ge=0, le=MAX_WAIT_SECONDS)
+    # never read). 0: handed over at once. At most 10 s: a slot idles while held, and a
+    # storm's cancellations all arrive well within it. docs/generation.md#provider-limits.
+    cancel_hold: float = Field(default=0.5, ge=0, le=MAX_CANCEL_HOLD)
 
     @field_validator("name")
     @classmethod

@@ -129,6 +129,11 @@ class OpenAICompatibleProvider(Provider):
             recovery=f"provider {config.name!r} answering again",
         )
 
+    async def close(self) -> None:
+        """Cancelled calls' held slots come back at once (admission.py): their shared
+        releases start here, before the registry settles the releases and closes Redis."""
+        self.limiters.close()
+
     # -- plumbing --------------------------------------------------------------------------
     def build_params(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
         """Keyword arguments of ``chat.completions.create`` (unset ones are not sent)."""
@@ -467,8 +472,13 @@ class OpenAICompatibleProvider(Provider):
 def _ended(err: BaseException) -> str:
     """The release outcome of an attempt ``err`` ended: ``cancelled`` when its caller left
     (its slot is held a while before a queued call takes it: admission.py), else
-    ``failed``."""
-    return "cancelled" if isinstance(err, asyncio.CancelledError) else "failed"
+    ``failed``. A caller cancelled while our stream waits at its ``yield`` (a reader
+    blocked handing text on) closes the stream: that is GeneratorExit here, not
+    CancelledError, with the task being cancelled all the same."""
+    if isinstance(err, asyncio.CancelledError):
+        return "cancelled"
+    task = asyncio.current_task()
+    return "cancelled" if task is not None and task.cancelling() else "failed"
 
 
 class _Turns:
