@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY
 
 from services.common.redis_client import connect
 from services.devlaunch.redis_server import RedisProcess
@@ -28,21 +26,13 @@ from tests.gateway.conftest import (
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
-from tests.support.rpc import error_info, retry_delay
+from tests.support.metrics import gauge
+from tests.support.rpc import error_info, retry_delay, stream_end
+from tests.support.waiting import until
 
 QUOTA = 24  # alice's concurrent calls
 STORM = 32  # her streams: 8 refused
 SHARE = 16  # her generation calls in flight at the provider; her others queue there
-
-
-def _gauge(name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        for sample in metric.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def _held() -> dict[str, float]:
@@ -50,42 +40,27 @@ def _held() -> dict[str, float]:
     the provider's calls in flight, the gateway's generation calls waiting, and the
     quota leases' renewal tasks."""
     return {
-        "gateway": _gauge("gensearch_grpc_server_in_flight", server="gateway"),
-        "generation": _gauge("gensearch_grpc_server_in_flight", server="generation"),
-        "provider": _gauge("gensearch_llm_in_flight", provider="fake"),
-        "waiting": _gauge("gensearch_gateway_generation_waiting"),
+        "gateway": gauge("gensearch_grpc_server_in_flight", server="gateway"),
+        "generation": gauge("gensearch_grpc_server_in_flight", server="generation"),
+        "provider": gauge("gensearch_llm_in_flight", provider="fake"),
+        "waiting": gauge("gensearch_gateway_generation_waiting"),
         "renewals": float(
             sum(t.get_name().startswith("quota-renewal-") for t in asyncio.all_tasks())
         ),
     }
 
 
-async def _until(check: Callable[[], Any], what: str) -> None:
-    """Waits (polling, 60 s at most) for ``check()`` to be true: slots come back as the
-    cancellations reach each service, in no fixed time on a loaded machine."""
-    for _ in range(600):
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never came back: {what}")
-
-
 async def _outcome(call: Any) -> str:
-    try:
-        async for _ in call:
-            pass
-    except grpc.aio.AioRpcError as err:
-        if err.code() == grpc.StatusCode.CANCELLED:
-            return "cancelled"
-        info = error_info(err)
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-        assert (info.reason, info.metadata["quota"]) == ("QUOTA_EXCEEDED", "concurrent_calls")
-        assert info.metadata["limit"] == str(QUOTA)
-        assert 0 < retry_delay(err) <= 5
-        return "refused"
-    except asyncio.CancelledError:
-        return "cancelled"
-    return "ended"
+    """``stream_end``'s, a refusal checked and named ``refused``."""
+    end = await stream_end(call)
+    if isinstance(end, str):
+        return end
+    info = error_info(end)
+    assert end.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, end.details()
+    assert (info.reason, info.metadata["quota"]) == ("QUOTA_EXCEEDED", "concurrent_calls")
+    assert info.metadata["limit"] == str(QUOTA)
+    assert 0 < retry_delay(end) <= 5
+    return "refused"
 
 
 async def test_a_cancelled_storm_gives_every_slot_back_and_spares_other_tenants(
@@ -121,7 +96,7 @@ async def test_a_cancelled_storm_gives_every_slot_back_and_spares_other_tenants(
     async def refusals_ended() -> bool:  # before any cancel: refused, not cut
         return sum(task.done() for task in outcomes) == STORM - QUOTA
 
-    await _until(refusals_ended, "the refusals")
+    await until(refusals_ended, "the refusals", timeout=60)
     redis = connect(shared_redis.url, cluster=False, socket_timeout=5, connect_timeout=5)
     try:
 
@@ -140,8 +115,8 @@ async def test_a_cancelled_storm_gives_every_slot_back_and_spares_other_tenants(
             call.cancel()
         counted = Counter(await asyncio.gather(*outcomes))
         assert counted == {"refused": STORM - QUOTA, "cancelled": QUOTA}
-        await _until(no_quota_slots, "alice's concurrent-call slots")
-        await _until(nothing_held, "calls in flight, waiting, or renewal tasks")
+        await until(no_quota_slots, "alice's concurrent-call slots back", timeout=60)
+        await until(nothing_held, "calls in flight, waiting, or renewal tasks back", timeout=60)
         assert _held() == before
         # Each admitted hit is charged its one LLM call (docs: a call the caller abandoned
         # counts the one admitted), never more: hits of refused streams are not charged.

@@ -1,8 +1,8 @@
 """A storm of cancelled streams sends nothing more to the provider: 60 StreamGenerativeSearch
 calls of 3 hits each, whose hits queue in the generation service behind a provider that
 runs 4 at once (and never answers), are all cancelled together. The provider then
-receives no request beyond the 4 it had before the cancels, and every slot comes back
-(a new search is answered, each of its hits).
+receives no request beyond the 4 it had before the cancels, and every slot comes back:
+4 new calls, to the model that never answers, all reach the provider at once.
 
 Before, each slot a cancelled call freed went at once to the queue's head, whose own
 cancellation was still on its way (they reach the generation service spread over up to
@@ -14,21 +14,18 @@ provider after the cancels of 120 streams, and 4 to 16 of 60 here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
-
-import grpc
 
 from tests.gateway.conftest import (
     ALICE,
     StackFactory,
-    books_search,
     books_stream_search,
     create_books,
     fake_provider,
 )
-from tests.gateway.test_cancel_storm import _gauge
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.metrics import gauge
+from tests.support.rpc import stream_end
+from tests.support.waiting import until
 
 STREAMS = 60
 HITS = 3
@@ -36,25 +33,6 @@ CAP = 4  # the provider's calls at once; the other hits queue in the generation 
 # A hold far past the spread of a storm's cancellations on a loaded machine (the
 # default is 0.5 s), so that the outcome does not depend on the machine's load.
 HOLD = 5.0
-
-
-async def _until(check: Callable[[], bool], what: str) -> None:
-    for _ in range(600):
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never: {what}")
-
-
-async def _outcome(call: Any) -> str:
-    try:
-        async for _ in call:
-            pass
-    except grpc.aio.AioRpcError as err:
-        return err.code().name
-    except asyncio.CancelledError:
-        return "CANCELLED"
-    return "ended"
 
 
 async def test_cancelled_streams_send_the_provider_nothing_more(
@@ -70,29 +48,41 @@ async def test_cancelled_streams_send_the_provider_nothing_more(
         stack.stub.StreamGenerativeSearch(request, metadata=ALICE, timeout=120)
         for _ in range(STREAMS)
     ]
-    outcomes = [asyncio.ensure_future(_outcome(call)) for call in calls]
+    outcomes = [asyncio.ensure_future(stream_end(call)) for call in calls]
 
     def generation_calls() -> float:
-        return _gauge("gensearch_grpc_server_in_flight", server="generation")
+        return gauge("gensearch_grpc_server_in_flight", server="generation")
+
+    async def every_hit_at_generation() -> bool:
+        return generation_calls() == STREAMS * HITS
+
+    async def none_at_generation() -> bool:
+        return generation_calls() == 0
+
+    async def none_at_the_provider() -> bool:
+        return gauge("gensearch_llm_in_flight", provider="fake") == 0
 
     # Every hit is at the generation service: CAP at the provider, the rest queued.
-    await _until(lambda: generation_calls() == STREAMS * HITS, "every hit at generation")
+    await until(every_hit_at_generation, "every hit at generation", timeout=60)
     await fake.wait_for_requests(CAP, timeout=60)
     assert len(fake.chat_requests) == CAP
     for call in calls:
         call.cancel()
-    assert set(await asyncio.gather(*outcomes)) == {"CANCELLED"}
+    assert set(await asyncio.gather(*outcomes)) == {"cancelled"}
     # Every cancellation has reached the generation service ...
-    await _until(lambda: generation_calls() == 0, "the cancellations at generation")
-    await _until(
-        lambda: _gauge("gensearch_llm_in_flight", provider="fake") == 0, "provider in flight"
-    )
+    await until(none_at_generation, "the cancellations at generation", timeout=60)
+    await until(none_at_the_provider, "the provider's calls ended", timeout=60)
     # ... and none of the queued hits was sent meanwhile.
     assert len(fake.chat_requests) == CAP
-    # No slot is lost: once the holds end, a new search gets every hit answered.
-    fake.by_model.pop("slow")
-    reply = await stack.stub.GenerativeSearch(
-        books_search(limit=HITS, single_prompt="{title}"), metadata=ALICE, timeout=60
+    # No slot is lost: once the holds end, CAP new calls (that never answer) are all at
+    # the provider together; a slot lost would keep one of them queued.
+    again = stack.stub.StreamGenerativeSearch(
+        books_stream_search(limit=CAP, single_prompt="{title}", model="slow"),
+        metadata=ALICE,
+        timeout=120,
     )
-    assert [hit.generation.error.reason for hit in reply.hits] == [""] * HITS
-    assert len(fake.chat_requests) == CAP + HITS
+    ending = asyncio.ensure_future(stream_end(again))
+    await fake.wait_for_requests(2 * CAP, timeout=60)
+    assert len(fake.chat_requests) == 2 * CAP
+    again.cancel()
+    assert await ending == "cancelled"

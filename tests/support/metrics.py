@@ -1,12 +1,22 @@
-"""The process's Prometheus series as a test sees them: whether anything a caller chose
-(a name carrying a test's mark) became a label value, and calls of methods nobody serves,
-which must make no series."""
+"""The process's Prometheus series as a test sees them: a gauge's value, whether anything
+a caller chose (a name carrying a test's mark) became a label value, and calls of methods
+nobody serves, which must make no series."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 from prometheus_client import REGISTRY
+
+
+def gauge(name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for metric in REGISTRY.collect()
+        for sample in metric.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def marked_series(mark: str) -> list[tuple[str, dict[str, str]]]:

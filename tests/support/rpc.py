@@ -1,5 +1,5 @@
 """Reading the rich error details (google.rpc.ErrorInfo, BadRequest, RetryInfo) of a failed
-call."""
+call, and how a server stream ended."""
 
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+
+async def stream_end(call: Any) -> str | grpc.aio.AioRpcError:
+    """Reads the server stream ``call`` to its end: ``"ended"`` (its status OK),
+    ``"cancelled"`` (the test cancelled it: grpc-aio reports that as CancelledError or as
+    a CANCELLED status, depending on when), else the error it ended with."""
+    try:
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        return "cancelled" if err.code() == grpc.StatusCode.CANCELLED else err
+    except asyncio.CancelledError:
+        return "cancelled"
+    return "ended"
 
 
 def _detail(err: grpc.aio.AioRpcError, kind: type) -> object:
