@@ -457,7 +457,9 @@ class ProviderLimiter:
 
     def close(self) -> None:
         """Ends the holds at once (their slots back in the shared limits before Redis
-        closes; no timer left to touch the gauges of a closed service)."""
+        closes; no timer left to touch the gauges of a closed service). A call cancelled
+        after the close frees its slot at once: no hold starts a timer past it."""
+        self._cancel_hold = 0
         self._end_holds(publish=False)
 
     def _free(self, permit: Permit, outcome: str, latency: float, *, publish: bool = True) -> None:
