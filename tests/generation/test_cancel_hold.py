@@ -116,20 +116,17 @@ async def test_the_adaptive_limit_is_told_of_the_calls_running_not_the_held_slot
     assert limiter.in_flight == 0
 
 
-async def test_closing_ends_the_holds_and_leaves_no_timer() -> None:
+async def test_closing_ends_the_holds_at_once() -> None:
+    # (Ending a hold cancels its timer: a closed limiter's timer never fires to publish
+    # the gauges of a closed service. Not read here: the loop's timers are private.)
     limiter = _limiter(hold=10)
     first = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
     queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
     await asyncio.sleep(0.05)
-    timers = len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
     await first.release(outcome="cancelled")
     assert limiter.in_flight == 1
     limiter.close()
     assert limiter.in_flight == 0  # back at once
-    # The hold's 10 s timer is cancelled (the loop drops a cancelled handle lazily, so
-    # count the live ones).
-    live = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
-    assert len(live) <= timers
     second = await asyncio.wait_for(queued, 30)
     # A call cancelled after the close (the stop's last calls) holds nothing either.
     queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
