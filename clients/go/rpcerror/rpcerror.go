@@ -210,9 +210,19 @@ func CanonicalName(code codes.Code) string {
 	return code.String()
 }
 
-// FromStatus reads a status's details.
+// FromStatus reads a status's details. A status grpc-go made for a connection it could not
+// make gets a Message that says so, names the address when grpc-go's text does, says what to
+// check and ends with grpc-go's text (unreachable.go); Dialled names the address always.
 func FromStatus(st *status.Status) *Failure {
-	e := &Failure{Status: st, Code: st.Code(), Reason: Reason(CanonicalName(st.Code())), Metadata: map[string]string{}, Message: st.Message()}
+	return fromStatus(st, "")
+}
+
+func fromStatus(st *status.Status, address string) *Failure {
+	message := unreachable(st, address)
+	if message == "" {
+		message = st.Message()
+	}
+	e := &Failure{Status: st, Code: st.Code(), Reason: Reason(CanonicalName(st.Code())), Metadata: map[string]string{}, Message: message}
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {
 		case *errdetails.ErrorInfo:
@@ -235,11 +245,18 @@ func FromStatus(st *status.Status) *Failure {
 // From reads err's gRPC status (a *Failure itself, or any error status.FromError reads); false
 // when err carries none.
 func From(err error) (*Failure, bool) {
+	return Dialled("", err)
+}
+
+// Dialled is From for a call on a connection dialled to address (what you passed grpc.Dial):
+// a gateway not reached is named by that address, also where grpc-go's text names none (a
+// host that does not resolve, a server that closed the connection at once).
+func Dialled(address string, err error) (*Failure, bool) {
 	if e, ok := err.(*Failure); ok {
 		return e, true
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.OK {
-		return FromStatus(st), true
+		return fromStatus(st, address), true
 	}
 	return nil, false
 }
