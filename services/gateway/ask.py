@@ -625,7 +625,7 @@ class AskService:
             log.warning(
                 "question rewriting failed",
                 # A gateway setting that chose an unknown model or provider: the operator's
-                # to fix (generator.choice_refused).
+                # to fix (clients.generation.choice_refused).
                 extra={"reason": err.reason, "setting": err.metadata.get("setting", "")},
             )
             spent.upstream_calls += upstream_calls(err.metadata)  # made, and charged

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -16,13 +15,12 @@ from services.common.errors import (
     ATTEMPTS,
     DOMAIN,
     WAIT_MS,
-    FailedPrecondition,
-    ServiceError,
     capped_metadata,
     metadata_count,
     upstream_calls,
 )
 from services.gateway.clients import Caller, GenerationClient
+from services.gateway.clients.generation import CallerFields
 from services.gateway.errors import HitError
 from services.gateway.request_parts import check_fallback
 from services.gateway.settings import GatewaySettings
@@ -67,7 +65,7 @@ class Options:
         gateway's own calls for a request (the question rewrite, a summary fold), with
         none of the caller's sampling, schema, chain or URL. Where the provider and the
         model came from is kept: an unknown one the operator's setting chose is refused
-        naming that setting (``choice_refused``), not a field the caller never sent."""
+        naming that setting (``caller_fields``), not a field the caller never sent."""
         return Options(
             self.provider,
             self.model,
@@ -77,6 +75,24 @@ class Options:
             model_field=self.model_field,
             provider_setting=self.provider_setting,
             model_setting=self.model_setting,
+        )
+
+    def caller_fields(self, prompt_field: str | None, max_tokens_field: str | None) -> CallerFields:
+        """The fields generation's refusal of this call is named by (``caller_fields_refused``):
+        the caller's ``prompt_field`` and ``max_tokens_field``, and where the provider and
+        the model came from, with the setting that chose either. Not the provider's or the
+        model's with a fallback chain: generation names every pair's ``model`` alike, so
+        its refusal may be a fallback pair's. A model sent to the caller's own
+        ``base_url`` is refused by the caller's endpoint, not the operator's: no setting
+        is blamed for it (``ModelCatalog.check_choices`` skips its check there too)."""
+        chain = bool(self.fallback)
+        return CallerFields(
+            prompt=prompt_field,
+            max_tokens=max_tokens_field,
+            provider=None if chain else self.provider_field,
+            model=None if chain else self.model_field,
+            provider_setting=self.provider_setting,
+            model_setting="" if self.base_url else self.model_setting,
         )
 
     @classmethod
@@ -178,52 +194,6 @@ class Options:
         )
 
 
-def setting_at_fault(
-    unknown: str, what: str, setting: str, field: str, reason: str
-) -> FailedPrecondition:
-    """The refusal of an unknown provider or model (``what``) that neither the request nor
-    the collection named: the gateway's default ``setting`` chose it, so the operator is at
-    fault, not the caller's argument. The gateway cannot check it at start: the providers
-    are the generation service's (docs/gateway.md)."""
-    return FailedPrecondition(
-        f"{unknown}, the gateway's default ({setting}): name a {what} in the request, or "
-        "the operator must correct the setting",
-        field=field,
-        reason=reason,
-        metadata={"setting": setting},
-    )
-
-
-def choice_refused(err: ServiceError, options: Options) -> ServiceError:
-    """``err``, or, when it is generation's refusal of the provider or model that a
-    gateway setting chose (``options.provider_setting``, ``options.model_setting``), the
-    refusal naming that setting (``setting_at_fault``). ``ModelCatalog.check_choices``
-    refuses such a choice before any call when ListModels tells; generation alone can
-    tell an upstream's own refusal (404 model_not_found, from an endpoint that does not
-    check its models) and a choice made while ListModels could not answer. Only without a
-    fallback chain: generation names every pair's model ``model``, so a chain's refusal
-    may be a fallback pair's, which no setting chose."""
-    if err.code != grpc.StatusCode.INVALID_ARGUMENT or options.fallback:
-        return err
-    for field, reason, what, setting, at in (
-        ("model", "UNKNOWN_MODEL", "model", options.model_setting, options.model_field),
-        (
-            "provider",
-            "UNKNOWN_PROVIDER",
-            "provider",
-            options.provider_setting,
-            options.provider_field,
-        ),
-    ):
-        if setting and err.field == field and err.reason == reason:
-            refused = setting_at_fault(
-                err.message.removeprefix(f"{field}: "), what, setting, at, reason
-            )
-            refused.metadata = {**err.metadata, **refused.metadata, "service": "generation"}
-            return refused
-    return err
-
-
 def _same_provider(named: str, owner: str) -> bool:
     """Whether a provider ``named`` by a request (empty: none named) is the one a stored
     model was chosen for (``owner``'s; empty: the default one), as the generation
@@ -281,48 +251,12 @@ async def complete(
     ``prompt_field``: the caller's field ``messages`` were rendered from, which a refusal
     of them as too long names (``GenerationClient.generate``); ``max_tokens_field``: the
     caller's field that set ``options.max_tokens`` (``options.max_tokens_field``), which
-    a refusal of it names; None for the gateway's own calls. A refusal of a provider or
-    model a gateway setting chose names that setting (``choice_refused``)."""
-    try:
-        return await _complete(
-            generation,
-            caller,
-            options,
-            messages,
-            timeout=timeout,
-            emit=emit,
-            restart=restart,
-            prompt_field=prompt_field,
-            max_tokens_field=max_tokens_field,
-        )
-    except ServiceError as err:
-        refused = choice_refused(err, options)
-        if refused is err:
-            raise
-        raise refused from None
-
-
-async def _complete(
-    generation: GenerationClient,
-    caller: Caller,
-    options: Options,
-    messages: Sequence[gen_pb.Message],
-    *,
-    timeout: float | None,
-    emit: Callable[[str], Awaitable[None]] | None,
-    restart: Callable[[], Awaitable[None]] | None,
-    prompt_field: str | None,
-    max_tokens_field: str | None,
-) -> gw_pb.GenerationResult:
+    a refusal of it names; None for the gateway's own calls. A refusal of the provider or
+    the model names where it came from (``options.caller_fields``)."""
+    fields = options.caller_fields(prompt_field, max_tokens_field)
     if emit is None:
         request = generate_request(gen_pb.GenerateRequest, options, messages)
-        response = await generation.generate(
-            request,
-            caller,
-            timeout,
-            prompt_field=prompt_field,
-            max_tokens_field=max_tokens_field,
-        )
+        response = await generation.generate(request, caller, timeout, fields=fields)
         result = gw_pb.GenerationResult(
             result=response.text,
             usage=response.usage,
@@ -340,13 +274,7 @@ async def _complete(
     stream_request = generate_request(gen_pb.StreamGenerateRequest, options, messages)
     parts: list[str] = []
     result = gw_pb.GenerationResult()
-    chunks = generation.stream_generate(
-        stream_request,
-        caller,
-        timeout,
-        prompt_field=prompt_field,
-        max_tokens_field=max_tokens_field,
-    )
+    chunks = generation.stream_generate(stream_request, caller, timeout, fields=fields)
     async for chunk in chunks:
         if chunk.restart:
             parts.clear()

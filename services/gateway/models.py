@@ -17,9 +17,9 @@ from services.common.errors import (
 from services.common.model_names import model_name_error
 from services.common.values import check_chars
 from services.gateway.clients import Caller, GenerationClient
-from services.gateway.generator import Options, setting_at_fault
+from services.gateway.generator import Options
 from services.gateway.prompting import context_window_for
-from services.gateway.request_parts import refusal_at
+from services.gateway.request_parts import refusal_at, setting_at_fault
 
 TTL_SECONDS = 60.0
 MAX_MODEL_CHARS_SETTING = "GENSEARCH_GATEWAY_MAX_MODEL_CHARS"

@@ -71,6 +71,23 @@ def refusal_at(field: str) -> type[InvalidArgument] | type[FailedPrecondition]:
     return FailedPrecondition if field.startswith("collection.") else InvalidArgument
 
 
+def setting_at_fault(
+    unknown: str, what: str, setting: str, field: str, reason: str
+) -> FailedPrecondition:
+    """The refusal of an unknown provider or model (``what``) that neither the request nor
+    the collection named: the gateway's default ``setting`` chose it, so the operator is at
+    fault, not the caller's argument. The gateway cannot check it at start: the providers
+    are the generation service's (docs/gateway.md). Raised by ``ModelCatalog.check_choices``
+    before a call, and for generation's own refusal (``caller_fields_refused``)."""
+    return FailedPrecondition(
+        f"{unknown}, the gateway's default ({setting}): name a {what} in the request, or "
+        "the operator must correct the setting",
+        field=field,
+        reason=reason,
+        metadata={"setting": setting},
+    )
+
+
 def check_fallback(
     chain: Sequence[ModelChoice | ret_pb.GenerativeModel], limit: int, field: str
 ) -> None:

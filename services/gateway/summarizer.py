@@ -232,7 +232,7 @@ class Summarizer:
                 log.warning(
                     "summary fold: generation failed",
                     # A gateway setting that chose an unknown model or provider: the
-                    # operator's to fix (generator.choice_refused).
+                    # operator's to fix (clients.generation.choice_refused).
                     extra={"reason": err.reason, "setting": err.metadata.get("setting", "")},
                 )
                 return

@@ -54,7 +54,7 @@ from services.gateway.clients.base import ServiceClient, refused_stream
 from services.gateway.clients.caller import Caller, Metadata
 from services.gateway.clients.channel import GENERATION_SERVICE
 from services.gateway.metrics import GENERATION_REFUSED, GENERATION_WAITING
-from services.gateway.request_parts import refusal_at
+from services.gateway.request_parts import refusal_at, setting_at_fault
 from services.gateway.settings import GatewaySettings
 
 SETTING = "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT"
@@ -85,6 +85,28 @@ NO_REPLICA = DOWNSTREAM_UNAVAILABLE
 R = TypeVar("R")
 #: A StreamGenerate call that was not refused: its messages, and the first (None: none came).
 _Opened = tuple[AsyncIterator[gen_pb.StreamGenerateResponse], gen_pb.StreamGenerateResponse | None]
+
+
+@dataclass(frozen=True)
+class CallerFields:
+    """The caller's fields a generation request was built from, named in place of
+    generation's own when it refuses them (``caller_fields_refused``): the caller never
+    sent ``messages``, ``max_tokens``, ``provider`` or ``model``. None: that field is the
+    gateway's own (a question rewrite's prompt, a summary's), or cannot be told (a
+    fallback chain's ``model``), named as it came. ``provider_setting`` /
+    ``model_setting``: the gateway's setting that chose the provider / model (empty: the
+    request or the collection did), blamed in place of the caller."""
+
+    prompt: str | None = None
+    max_tokens: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    provider_setting: str = ""
+    model_setting: str = ""
+
+
+#: A call none of whose fields is the caller's (a test's, a relay's).
+OWN_FIELDS = CallerFields()
 
 
 @dataclass
@@ -299,13 +321,10 @@ class GenerationClient(ServiceClient):
         caller: Caller,
         timeout: float | None,
         *,
-        prompt_field: str | None = None,
-        max_tokens_field: str | None = None,
+        fields: CallerFields = OWN_FIELDS,
     ) -> gen_pb.GenerateResponse:
-        """``prompt_field``: the caller's field the gateway rendered ``request.messages``
-        from, named instead of ``messages`` when generation refuses them as too long;
-        ``max_tokens_field``: the caller's field ``request.max_tokens`` came from (or the
-        one that sets it), named instead of ``max_tokens`` (``caller_fields_refused``)."""
+        """``fields``: the caller's fields the gateway built ``request`` from, named in
+        place of generation's own when it refuses one (``caller_fields_refused``)."""
         deadline = self._deadline(timeout)
         waited = _Waited()
         try:
@@ -323,7 +342,7 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller, waited)
-            raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
+            raise caller_fields_refused(err, fields) from None
         waited.add_to(response.wait_time)
         await self._charge_extra(response.upstream_calls, caller, waited)
         return response
@@ -334,8 +353,7 @@ class GenerationClient(ServiceClient):
         caller: Caller,
         timeout: float | None,
         *,
-        prompt_field: str | None = None,
-        max_tokens_field: str | None = None,
+        fields: CallerFields = OWN_FIELDS,
     ) -> AsyncIterator[gen_pb.StreamGenerateResponse]:
         """As ``generate``, streamed."""
         deadline = self._deadline(timeout)
@@ -364,7 +382,7 @@ class GenerationClient(ServiceClient):
         except ServiceError as err:
             waited.note(err)
             await self._charge_extra(upstream_calls(err.metadata), caller, waited)
-            raise caller_fields_refused(err, prompt_field, max_tokens_field) from None
+            raise caller_fields_refused(err, fields) from None
         finally:
             if waited.cut_calls:
                 # The reader stopped before the last message (the count), or it had none:
@@ -376,19 +394,45 @@ class GenerationClient(ServiceClient):
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
 
 
-def caller_fields_refused(
-    err: ServiceError, prompt_field: str | None, max_tokens_field: str | None
-) -> ServiceError:
+def caller_fields_refused(err: ServiceError, fields: CallerFields) -> ServiceError:
     """``err`` naming the caller's field when it is generation's refusal (INVALID_ARGUMENT)
-    of a field of the request the gateway built: ``messages`` as ``prompt_field``
-    (``prompt_refused``), ``max_tokens`` as ``max_tokens_field`` (``max_tokens_refused``).
-    None: that field is the gateway's own (a question rewrite, a summary), named as it
-    came."""
+    of a field of the request the gateway built: ``messages`` as ``fields.prompt``
+    (``prompt_refused``), ``max_tokens`` as ``fields.max_tokens``
+    (``max_tokens_refused``), ``provider`` and ``model`` as where they came from
+    (``choice_refused``)."""
     if err.code != grpc.StatusCode.INVALID_ARGUMENT:
         return err
     if err.field == "max_tokens":
-        return max_tokens_refused(err, max_tokens_field)
-    return prompt_refused(err, prompt_field)
+        return max_tokens_refused(err, fields.max_tokens)
+    if err.field == "provider":
+        return choice_refused(err, "provider", fields.provider, fields.provider_setting)
+    if err.field == "model":
+        return choice_refused(err, "model", fields.model, fields.model_setting)
+    return prompt_refused(err, fields.prompt)
+
+
+def choice_refused(err: ServiceError, what: str, field: str | None, setting: str) -> ServiceError:
+    """``err``, generation's refusal of the ``provider`` or ``model`` (``what``) the gateway
+    sent, naming the ``field`` it came from instead: the request's own
+    (INVALID_ARGUMENT), the collection's stored one (``collection.generative.…``,
+    FAILED_PRECONDITION, ``refusal_at``), or, when a gateway ``setting`` chose it, that
+    setting (``setting_at_fault``: FAILED_PRECONDITION, metadata ``setting``). Chiefly an
+    upstream's own 404 model_not_found (an endpoint that does not check its models) and a
+    choice the gateway could not check while ListModels did not answer. Reason,
+    metadata, retry_after and details are kept, with ``service``: generation."""
+    if field is None:
+        return err
+    # Prefixed with the caller's field (ServiceError), as generation's was with its own.
+    said = err.message.removeprefix(f"{what}: ")
+    renamed = (
+        setting_at_fault(said, what, setting, field, err.reason)
+        if setting
+        else refusal_at(field)(said, field=field, reason=err.reason)
+    )
+    renamed.metadata = {**err.metadata, **renamed.metadata, "service": "generation"}
+    renamed.retry_after = err.retry_after
+    renamed.details = err.details
+    return renamed
 
 
 def max_tokens_refused(err: ServiceError, max_tokens_field: str | None) -> ServiceError:

@@ -1,0 +1,197 @@
+"""An upstream's own refusal of the model (404 model_not_found from an endpoint that does
+not check its models, so neither the gateway nor generation can tell before the call)
+names the field the model came from: the request's own (INVALID_ARGUMENT), the
+collection's stored one (FAILED_PRECONDITION on ``collection.generative.model``). It
+was INVALID_ARGUMENT on ``model``, a field of the request the gateway built, which no
+gateway request has. With the request's ``base_url`` the endpoint is the caller's: a
+model the gateway's setting chose is not blamed on the operator there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.generation.v1 import generation_service_pb2 as gen_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.rpc import error_details_pb2
+
+from services.common.auth import Identity, Role, forwarded_identity
+from services.common.errors import InvalidArgument, ServiceError
+from services.gateway.backends import Backends
+from services.gateway.clients import Caller
+from services.gateway.clients.generation import CallerFields, caller_fields_refused
+from services.gateway.generator import Options, complete
+from services.gateway.settings import GatewaySettings
+from tests.gateway.conftest import (
+    ALICE,
+    DIM,
+    TOKEN,
+    WITH_BODY,
+    Stack,
+    StackFactory,
+    books_search,
+    create_books,
+    fake_provider,
+)
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.rpc import error_info
+
+UNSERVED = "no-such-model"
+SETTING = "GENSEARCH_GATEWAY_DEFAULT_MODEL"
+
+
+async def _stack(stack_factory: StackFactory, fake: FakeOpenAI, **settings: object) -> Stack:
+    # The endpoint checks the model itself (OpenAI's way); generation cannot
+    # (check_models off, as for an endpoint that adds models).
+    fake.reject_unknown_models = True
+    return await stack_factory(
+        provider=fake_provider(fake, check_models=False), default_provider="fake", **settings
+    )
+
+
+def _ask(**fields: object) -> gw_pb.AskRequest:
+    return gw_pb.AskRequest(
+        collection="Books",
+        llm_question="Which?",
+        near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def _hit_errors(stack: Stack, **generate: Any) -> list[gw_pb.GenerationError]:
+    response = await stack.stub.GenerativeSearch(
+        books_search(single_prompt="About {title}", **generate), metadata=ALICE
+    )
+    assert response.hits
+    return [hit.generation.error for hit in response.hits]
+
+
+async def _ask_refusal(stack: Stack, ask: gw_pb.AskRequest) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.Ask(ask, metadata=ALICE)
+    return caught.value
+
+
+async def test_a_collections_stored_model_refused_upstream_is_the_collections(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await _stack(stack_factory, fake)
+    await create_books(
+        stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fake", model=UNSERVED)
+    )
+    for error in await _hit_errors(stack):
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert error.reason == "UNKNOWN_MODEL"
+        assert error.metadata["field"] == "collection.generative.model"
+        assert error.metadata["service"] == "generation"
+        assert "setting" not in error.metadata
+    refused = await _ask_refusal(stack, _ask())
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(refused)
+    assert (info.reason, info.metadata["field"]) == ("UNKNOWN_MODEL", "collection.generative.model")
+    assert "collection.generative.model" in (refused.details() or "")
+    assert fake.chat_requests  # the endpoint refused it, not the gateway's own check
+
+
+async def test_a_requests_own_model_refused_upstream_is_the_requests(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    stack = await _stack(stack_factory, fake)
+    await create_books(stack, books=WITH_BODY)
+    for error in await _hit_errors(stack, model=UNSERVED):
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert (error.reason, error.metadata["field"]) == ("UNKNOWN_MODEL", "generate.model")
+        assert "setting" not in error.metadata
+    refused = await _ask_refusal(stack, _ask(llm_model=UNSERVED))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(refused)
+    assert (info.reason, info.metadata["field"]) == ("UNKNOWN_MODEL", "llm_model")
+    assert "llm_model" in (refused.details() or "")
+
+
+async def test_the_default_model_refused_at_the_callers_base_url_is_the_callers(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    # The caller's own endpoint (allowed by the operator) does not serve the default
+    # model: the caller named the endpoint and can name a model; the operator's setting
+    # is not at fault (ModelCatalog.check_choices skips its check for a caller's URL).
+    stack = await _stack(
+        stack_factory,
+        fake,
+        default_model=UNSERVED,
+        generation_settings={"allowed_hosts": f"http://127.0.0.1:{fake.port}"},
+    )
+    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    for error in await _hit_errors(stack, base_url=fake.base_url):
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert (error.reason, error.metadata["field"]) == ("UNKNOWN_MODEL", "generate.model")
+        assert "setting" not in error.metadata
+    # Without the caller's URL the same model is the setting's (test_default_model_own_calls).
+    for error in await _hit_errors(stack):
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert error.metadata["setting"] == SETTING
+
+
+async def test_a_default_provider_generation_refuses_names_the_setting(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    # The branch the gateway's own check leaves to generation: a provider chosen while
+    # ListModels could not answer. Generation's registry refuses it (UNKNOWN_PROVIDER on
+    # its `provider`); the call names the gateway's setting instead.
+    stack = await _stack(stack_factory, fake)
+    settings = GatewaySettings(
+        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
+        internal_token=TOKEN,
+        metrics_port=None,
+        default_provider="gone",
+    )
+    options = Options.resolve(
+        gw_pb.AskRequest(),
+        "",
+        ret_pb.GenerativeConfig(),
+        settings,
+        prefix="",
+        model_field="llm_model",
+    )
+    backends = Backends.build(settings)
+    alice = Identity("alice", "alice", Role.ADMIN)
+    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
+    try:
+        with pytest.raises(ServiceError) as caught:
+            await complete(
+                backends.clients.generation,
+                caller,
+                options,
+                [gen_pb.Message(role=gen_pb.ROLE_USER, content="Which?")],
+                timeout=10,
+            )
+    finally:
+        await backends.clients.close()
+    err = caught.value
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert (err.reason, err.field) == ("UNKNOWN_PROVIDER", "provider")
+    assert err.metadata["setting"] == "GENSEARCH_GATEWAY_DEFAULT_PROVIDER"
+    assert "GENSEARCH_GATEWAY_DEFAULT_PROVIDER" in str(err)
+
+
+def test_the_renamed_refusal_keeps_retry_after_and_details() -> None:
+    # As max_tokens_refused keeps them: a client reads RetryInfo and the further details.
+    detail = error_details_pb2.LocalizedMessage(locale="en", message="try later")
+    for fields, code in (
+        (CallerFields(model="generate.model"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            CallerFields(model="generate.model", model_setting=SETTING),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+    ):
+        err = InvalidArgument(
+            "model: unknown model 'x'", field="model", reason="UNKNOWN_MODEL", retry_after=2.5
+        )
+        err.details = [detail]
+        renamed = caller_fields_refused(err, fields)
+        assert (renamed.code, renamed.field) == (code, "generate.model")
+        assert renamed.retry_after == 2.5
+        assert renamed.details == [detail]
+        assert renamed.metadata["service"] == "generation"
