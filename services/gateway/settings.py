@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -383,6 +383,14 @@ class GatewaySettings(SchemaBoundSettings):
             problem = model_name_problem(name, None)
             if problem:
                 raise ValueError(f"key {name[:64]!r}: {problem}")
+            # Matched inside the model's name, spaces and all: a key with spaces around
+            # it matched no model, and its window silently never applied.
+            if name != name.strip():
+                raise ValueError(
+                    f"key {name[:64]!r}: spaces around it are no part of a model name; "
+                    "the key would never match"
+                )
+        _no_keys_alike(value, "model names are matched case-insensitively")
         return value
 
     @field_validator("tokenize_urls")
@@ -400,6 +408,9 @@ class GatewaySettings(SchemaBoundSettings):
             problem = http_url_problem(url)
             if problem:
                 raise ValueError(f"the URL of provider {name[:64]!r} {problem}")
+        # Read lower-cased (tokens.py): "Local" and "local" silently became one, the
+        # last one's URL kept.
+        _no_keys_alike(value, "provider names are read lower-cased")
         return value
 
     @model_validator(mode="after")
@@ -422,3 +433,13 @@ class GatewaySettings(SchemaBoundSettings):
         if problem:
             raise ValueError(f"default_model: {problem}")
         return self
+
+
+def _no_keys_alike(value: dict[str, Any], why: str) -> None:
+    """No two keys of a JSON object setting that its reader takes for one (``why``):
+    one of them silently lost."""
+    seen: dict[str, str] = {}
+    for name in value:
+        first = seen.setdefault(name.lower(), name)
+        if first != name:
+            raise ValueError(f"keys {first[:64]!r} and {name[:64]!r} are the same key ({why})")

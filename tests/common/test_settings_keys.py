@@ -1,13 +1,13 @@
-"""The keys of JSON object settings, checked at start as GENSEARCH_*_REQUEST_LIMITS' are
-(test_settings_load.py): a key that names something the code knows (a field of a provider
-entry) is refused when it names nothing, with the closest known key; a key that is
-open-ended (a model name, a provider of the generation service) is held to its shape.
-One line naming the variable, exit 1, never a value."""
+"""The keys of JSON object settings, checked at start as GENSEARCH_*_REQUEST_LIMITS' are:
+a key that names something the code knows (a field of a provider entry) is refused when
+it names nothing, with the closest known key; a key that is open-ended (a model name, a
+provider of the generation service) is held to its shape. The one-line refusals at the
+entry point are cases of test_settings_load.py's
+test_a_service_with_a_problem_found_after_loading_exits_with_one_line."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -15,61 +15,8 @@ from services.common.settings import load_settings
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from services.retrieval.settings import RetrievalSettings
-from tests.common.test_settings_load import lines_at_exit
 
 PROVIDER = '"name": "fake", "base_url": "http://127.0.0.1:1/v1", "default_model": "m"'
-
-
-@pytest.mark.parametrize(
-    ("service", "variables", "line"),
-    [
-        (
-            # An empty key is part of every model name: it silently became the window of
-            # every model no other key named.
-            "gateway",
-            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"": 4096, "gpt-4o": 128000}'},
-            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: a key must name (part of) a model; the "
-            "models no key names get GENSEARCH_GATEWAY_DEFAULT_CONTEXT_WINDOW",
-        ),
-        (
-            "gateway",
-            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"gpt-4o\\n": 4096}'},
-            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: key 'gpt-4o\\n': a model name must not "
-            "contain control characters",
-        ),
-        (
-            # No provider can have the name: its models were counted by estimate for ever.
-            "gateway",
-            {"GENSEARCH_GATEWAY_TOKENIZE_URLS": '{"local ": "http://127.0.0.1:8088"}'},
-            "GENSEARCH_GATEWAY_TOKENIZE_URLS: key 'local ': provider names are lower-case "
-            "letters, digits, '-' or '_'",
-        ),
-        (
-            # Refused before too, but as "Extra inputs are not permitted".
-            "retrieval",
-            {
-                "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS": (
-                    '{"tei": {"base_url": "http://tei:8080/v1", "api_key_var": "TEI_KEY"}}'
-                )
-            },
-            "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS.tei.api_key_var: not a field of a rerank "
-            "provider (did you mean api_key_env?)",
-        ),
-        (
-            "generation",
-            {
-                "GENSEARCH_GENERATION_PROVIDERS": f'[{{{PROVIDER}, "max_concurency": 4}}]',
-                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
-            },
-            "GENSEARCH_GENERATION_PROVIDERS[0].max_concurency (provider 'fake'): not a field "
-            "of a provider (did you mean max_concurrency?)",
-        ),
-    ],
-)
-async def test_a_key_naming_nothing_stops_the_service_with_one_line(
-    service: str, variables: dict[str, str], line: str, tmp_path: Path
-) -> None:
-    assert await lines_at_exit(service, variables, tmp_path) == [f"invalid setting {line}"]
 
 
 def test_open_ended_keys_of_the_right_shape_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:

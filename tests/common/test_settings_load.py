@@ -594,6 +594,10 @@ def test_an_allowlist_entry_is_quoted_without_its_credentials(
     assert "TOPSECRET" not in message and "SECRET2" not in message
 
 
+#: A generation provider entry, for the cases of a key that names nothing.
+KEYS_PROVIDER = '"name": "fake", "base_url": "http://127.0.0.1:1/v1", "default_model": "m"'
+
+
 @pytest.mark.parametrize(
     ("service", "variables", "line"),
     [
@@ -619,6 +623,72 @@ def test_an_allowlist_entry_is_quoted_without_its_credentials(
             {"GENSEARCH_RETRIEVAL_QDRANT_URL": "ftp://x"},
             "GENSEARCH_RETRIEVAL_QDRANT_URL: "
             "must be an http:// or https:// URL of a Qdrant server, or :memory:",
+        ),
+        # The keys of JSON object settings (test_settings_keys.py).
+        (
+            # An empty key is part of every model name: it silently became the window of
+            # every model no other key named.
+            "gateway",
+            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"": 4096, "gpt-4o": 128000}'},
+            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: a key must name (part of) a model; the "
+            "models no key names get GENSEARCH_GATEWAY_DEFAULT_CONTEXT_WINDOW",
+        ),
+        (
+            "gateway",
+            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"gpt-4o\\n": 4096}'},
+            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: key 'gpt-4o\\n': a model name must not "
+            "contain control characters",
+        ),
+        (
+            # No provider can have the name: its models were counted by estimate for ever.
+            "gateway",
+            {"GENSEARCH_GATEWAY_TOKENIZE_URLS": '{"local ": "http://127.0.0.1:8088"}'},
+            "GENSEARCH_GATEWAY_TOKENIZE_URLS: key 'local ': provider names are lower-case "
+            "letters, digits, '-' or '_'",
+        ),
+        (
+            # Refused before too, but as "Extra inputs are not permitted".
+            "retrieval",
+            {
+                "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS": (
+                    '{"tei": {"base_url": "http://tei:8080/v1", "api_key_var": "TEI_KEY"}}'
+                )
+            },
+            "GENSEARCH_RETRIEVAL_RERANK_PROVIDERS.tei.api_key_var: not a field of a rerank "
+            "provider (did you mean api_key_env?)",
+        ),
+        (
+            "generation",
+            {
+                "GENSEARCH_GENERATION_PROVIDERS": f'[{{{KEYS_PROVIDER}, "max_concurency": 4}}]',
+                "GENSEARCH_GENERATION_DEFAULT_PROVIDER": "fake",
+            },
+            "GENSEARCH_GENERATION_PROVIDERS[0].max_concurency (provider 'fake'): not a field "
+            "of a provider (did you mean max_concurrency?)",
+        ),
+        (
+            # Read lower-cased: one of the two URLs was silently lost.
+            "gateway",
+            {
+                "GENSEARCH_GATEWAY_TOKENIZE_URLS": (
+                    '{"Local": "http://127.0.0.1:8088", "local": "http://127.0.0.1:8089"}'
+                )
+            },
+            "GENSEARCH_GATEWAY_TOKENIZE_URLS: keys 'Local' and 'local' are the same key "
+            "(provider names are read lower-cased)",
+        ),
+        (
+            # Matched inside a model's name, spaces and all: it never matched.
+            "gateway",
+            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{" gpt-4o ": 4096}'},
+            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: key ' gpt-4o ': spaces around it are no "
+            "part of a model name; the key would never match",
+        ),
+        (
+            "gateway",
+            {"GENSEARCH_GATEWAY_CONTEXT_WINDOWS": '{"gpt-4o": 4096, "GPT-4o": 8192}'},
+            "GENSEARCH_GATEWAY_CONTEXT_WINDOWS: keys 'gpt-4o' and 'GPT-4o' are the same key "
+            "(model names are matched case-insensitively)",
         ),
     ],
 )
