@@ -10,6 +10,7 @@ import time
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from google.rpc.error_details_pb2 import ErrorInfo
 from prometheus_client import REGISTRY
 
 from services.common.upstream_retry import Deadline
@@ -21,6 +22,21 @@ from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 
 WINDOW = 3.0  # the fake takes one request per window and answers 429 until it ends
+
+
+HURRIED = 1.5  # the deadline of a call the pause or the bucket's wait outlasts
+
+
+def _assert_refused_before_its_deadline(info: ErrorInfo) -> None:
+    """Refused early and never sent: its reported wait is less than its deadline (a wait
+    up to the deadline is the old code's queue timeout), and no attempt was made."""
+    assert info.reason == "PROVIDER_LIMIT_WAIT"
+    assert info.metadata["provider"] == "fake"
+    assert info.metadata["attempts"] == "0"
+    assert int(info.metadata["wait_ms"]) < HURRIED * 1000
+    # What the caller should wait before trying again: the rest of the pause (or of the
+    # bucket's wait), which outlasts the deadline and ends with the window.
+    assert 0 < int(info.metadata["retry_after_ms"]) <= WINDOW * 1000
 
 
 def _retried_after_429() -> float:
@@ -70,22 +86,18 @@ async def test_a_call_queued_behind_a_pause_it_cannot_outwait_fails_at_once(
         await asyncio.sleep(0.05)
         before = _refused_early()
 
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call("hurried", 1.5)
-        took = time.monotonic() - started
+            await call("hurried", HURRIED)
 
-        # Old code: it queued behind the paused head until its deadline (DEADLINE_EXCEEDED,
-        # PROVIDER_QUEUE_TIMEOUT after ~1.3 s): its whole budget spent for nothing.
+        # Refused while the paused head still waits: its retry has not gone out (the fake
+        # saw only 'first' and the 429'd 'second') and nobody behind it got through. Old
+        # code: it queued behind the paused head until its deadline (DEADLINE_EXCEEDED,
+        # PROVIDER_QUEUE_TIMEOUT): its whole budget spent for nothing.
+        assert len(fake.chat_requests) == 2
+        assert not second.done() and not patient.done()
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
-        assert took < 0.75, took
-        info = error_info(caught.value)
-        assert info.reason == "PROVIDER_LIMIT_WAIT"
-        assert info.metadata["provider"] == "fake"
-        assert info.metadata["attempts"] == "0"
-        assert int(info.metadata["wait_ms"]) < 750
-        # The pause had ~2.7 s to run: what the caller should wait before trying again.
-        assert 1500 < int(info.metadata["retry_after_ms"]) <= WINDOW * 1000
+        _assert_refused_before_its_deadline(error_info(caught.value))
+        assert _refused_early() == before + 1  # counted like a refusal at the head
         assert _refused_early() == before + 1  # counted like a refusal at the head
 
         # The calls that can wait for the pause still get their answers.
@@ -103,14 +115,19 @@ async def test_a_pause_that_starts_while_calls_wait_refuses_those_it_outlasts() 
     assert not short.done() and not long.done()  # both queued behind the held slot
 
     await limiter.pause(3)  # a 429: nothing starts for 3 s
-    started = time.monotonic()
     with pytest.raises(UpstreamFault) as caught:
         await short
-    assert time.monotonic() - started < 0.5  # not at its deadline, 2 s later
+    # Refused while the slot ahead is still held (the test releases it only below) and
+    # the call behind still waits. Old code: 'short' waited at the head for that slot
+    # until its deadline (queue_timeout); it could reach the pause's check only once the
+    # slot came back.
+    assert caught.value.kind == "limit_wait", caught.value
+    assert not long.done()
     error = to_service_error(caught.value, "p", "m")
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error.reason == "PROVIDER_LIMIT_WAIT"
-    assert 2500 < int(error.metadata["retry_after_ms"]) <= 3000
+    # Refused only if the pause outlasts its deadline: the pause ends ~1 s after it.
+    assert 1000 < int(error.metadata["retry_after_ms"]) <= 3000
 
     await held.release(outcome="ok")
     permit = await long  # the one that can wait the pause out still gets through
@@ -143,16 +160,14 @@ async def test_a_call_behind_a_head_waiting_for_the_requests_bucket_fails_at_onc
         patient = asyncio.create_task(call("patient", 20))
         await asyncio.sleep(0.05)
 
-        started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call("hurried", 1.5)
-        took = time.monotonic() - started
+            await call("hurried", HURRIED)
+        # Refused while the head still waits for the bucket: only 'first' reached the fake.
         # Old code: queued behind the head until its deadline (PROVIDER_QUEUE_TIMEOUT).
+        assert len(fake.chat_requests) == 1
+        assert not head.done() and not patient.done()
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value.details()
-        assert took < 0.75, took
-        info = error_info(caught.value)
-        assert info.reason == "PROVIDER_LIMIT_WAIT"
-        assert 1500 < int(info.metadata["retry_after_ms"]) <= WINDOW * 1000
+        _assert_refused_before_its_deadline(error_info(caught.value))
 
         assert (await head).text == "head"
         assert (await patient).text == "patient"
