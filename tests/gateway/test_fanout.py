@@ -66,11 +66,11 @@ async def test_timeout_keeps_finished_results() -> None:
     # cannot end the fast jobs with the budget, as it could at 0.3 s, and the bound on the
     # wait tells the budget's end from the slow job's.
     jobs = {0: _sleeper(0.01, "fast"), 1: _sleeper(60, "slow"), 2: _sleeper(0.02, "fast2")}
-    started = asyncio.get_running_loop().time()
     outcomes = await collect_outcomes(fan_out_stream(jobs, max_concurrency=8, timeout=2))
-    elapsed = asyncio.get_running_loop().time() - started
-    assert elapsed < 30
     assert outcomes[0].value == "fast" and outcomes[2].value == "fast2"
+    # The budget ended the slow job, not its own end a minute later: no value, the
+    # budget's status.
+    assert outcomes[1].value is None
     err = outcomes[1].error
     assert err is not None and err.code == grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -4,7 +4,6 @@ grouped prompts, defaults, the concurrency bound, the budget, a dead generation 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
@@ -233,7 +232,6 @@ async def test_concurrency_is_bounded(stack: Stack) -> None:
 async def test_timeout_keeps_finished_hits(stack: Stack) -> None:
     await create_books(stack)
     stack.fake.enqueue(Behaviour.hang(60), Behaviour.hang(60))
-    started = time.perf_counter()
     # A budget of 3 s: the three healthy generations (a few ms each when idle) finish
     # within it even on a loaded machine (at 0.5 s one of them once might not have).
     response = await stack.stub.GenerativeSearch(
@@ -245,8 +243,8 @@ async def test_timeout_keeps_finished_hits(stack: Stack) -> None:
         metadata=ALICE,
         timeout=30,
     )
-    elapsed = time.perf_counter() - started
-    assert elapsed < 20  # the budget ended it, not the hanging answers (60 s)
+    # The budget ended it, not the hanging answers (60 s): an answer came, before the
+    # call's own 30 s deadline, with those two hits failed for the budget (below).
     statuses = sorted(h.generation.error.status or "OK" for h in response.hits)
     assert statuses == ["DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "OK", "OK", "OK"]
     # The request's generate.timeout ran out: the hits name it, as any error about a

@@ -110,10 +110,9 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(
     # Refused at once: long before the 20 s deadline (let alone the 60 s asked for). With
     # a 2 s deadline and 'under 1 s', a loaded machine had little room for one call.
     fake.enqueue(Behaviour.rate_limited(retry_after="60"))
-    started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(ask(), timeout=20)
-    assert time.perf_counter() - started < 10
+    # Refused before the deadline: waiting it out would be DEADLINE_EXCEEDED.
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(fake.chat_requests) == 1
 
@@ -303,16 +302,17 @@ async def test_stream_retries_before_the_first_delta(service: Service, fake: Fak
 
 async def test_slow_upstream_short_deadline(service: Service, fake: FakeOpenAI) -> None:
     fake.latency = 60
-    started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await service.stub.Generate(ask(), timeout=0.5)
-    elapsed = time.perf_counter() - started
+    # Ended at the deadline, not by the upstream's answer 60 s later: the call failed with
+    # the upstream request unanswered.
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert elapsed < 10  # at the deadline, not the upstream's 60 s (was < 1.5: too tight)
     # The service gave up too: the upstream request was dropped, not left running (within
     # 10 s, not 2 s: a loaded machine may be slow to it; the request would run 60 s).
     await asyncio.wait_for(fake.disconnected.wait(), 10)
     assert fake.concurrent == 0
+    # Every request it sent was hung up on, none answered after its 60 s.
+    assert fake.chat_requests and all(r.client_disconnected for r in fake.chat_requests)
 
 
 async def test_server_side_timeout_is_deadline_exceeded(
@@ -335,14 +335,13 @@ async def test_retries_stop_at_the_deadline(fake: FakeOpenAI, start_service: Sta
         retry_max_backoff=0.05,
     )
     fake.fail_next(10_000, Behaviour.error(503))
-    started = time.perf_counter()
     # 2 s: room for at least two attempts on a loaded machine (0.6 s was tight), and still
     # at most ~40 attempts of 50 ms backoff, far from the 1000 allowed.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await svc.stub.Generate(ask(), timeout=2)
-    elapsed = time.perf_counter() - started
+    # No wall-clock bound: the client's own 2 s deadline ends the call whatever the service
+    # does. What the service decides is how many attempts it made in that time.
     assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    assert elapsed < 10
     assert 2 <= len(fake.chat_requests) < 100
 
 
@@ -351,7 +350,6 @@ async def test_slow_stream_short_deadline(service: Service, fake: FakeOpenAI) ->
     # The first chunk at once, the next 30 s later; a 3 s deadline (0.5 s left a loaded
     # machine too little time for the first chunk itself).
     fake.enqueue(Behaviour.slow_stream(chunk_delay=30))
-    started = time.perf_counter()
     received: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for chunk in service.stub.StreamGenerate(
@@ -359,8 +357,8 @@ async def test_slow_stream_short_deadline(service: Service, fake: FakeOpenAI) ->
         ):
             received.append(chunk.delta)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Cut at the deadline with one chunk, not after the next one 30 s later.
     assert received == ["a"]
-    assert time.perf_counter() - started < 15
     await asyncio.wait_for(fake.disconnected.wait(), 10)
 
 
