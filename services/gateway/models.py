@@ -59,8 +59,9 @@ class ModelCatalog:
         prefix: str = "generate.",
     ) -> None:
         """Before any LLM call: every provider of the chain is configured, every model is
-        one its provider knows (where the provider checks), ``max_tokens`` fits every
-        provider's declared context window, and a caller's base_url is on
+        one its provider knows (where the provider checks), ``max_tokens`` fits the
+        primary's declared context window (a fallback pair's that cannot hold it is
+        skipped by the generation service), and a caller's base_url is on
         the operator's allowlist (the generation service checks all of it again, and the
         URL once more on every connection). One clear error instead of the same one on
         every hit, naming the field the value came from (``Options.provider_field`` …):
@@ -131,9 +132,12 @@ class ModelCatalog:
                     field=model_at,
                     reason="UNKNOWN_MODEL",
                 )
-            _check_max_tokens(options, provider)
-            if provider_field == options.provider_field and not callers_url:
-                _check_key(provider, caller)
+            if provider_field == options.provider_field:
+                # The primary's window only: a fallback pair that cannot hold max_tokens
+                # is skipped by the generation service, not a reason to refuse the call.
+                _check_max_tokens(options, provider)
+                if not callers_url:
+                    _check_key(provider, caller)
         _check_repeats(options, lambda p, m: _endpoint(models, p, m))
         limit = models.max_tokens_limit
         if options.max_tokens is not None and 0 < limit < options.max_tokens:

@@ -10,6 +10,7 @@ configured endpoints, each with its own key the same way.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 
 from gensearch.generation.v1 import generation_service_pb2 as pb
@@ -23,14 +24,16 @@ from services.generation.fallback import Target
 from services.generation.keys import request_key, resolve_key
 from services.generation.registry import ProviderRegistry
 from services.generation.validation import (
+    CONTEXT_WINDOW_EXCEEDED,
     MAX_MODEL_CHARS_SETTING,
     Limits,
     build_request,
-    check_context_window,
     check_model,
-    check_token_budget,
+    limit_refusal,
     response_format,
 )
+
+log = logging.getLogger("gensearch.generation.planning")
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
 
@@ -79,7 +82,13 @@ class Planner:
             fmt=None if fmt is None else fmt[0],
             check_models=not base_url,
         )
+        primary_refusal = limit_refusal(request, provider.config)
+        if primary_refusal is not None and _own_max_tokens_past_window(primary_refusal):
+            # The caller's own max_tokens is wrong for the model it named first: refused
+            # whatever the chain (a fallback that could take it would hide the mistake).
+            raise primary_refusal
         chain = [Target(0, provider, request)]
+        refusals: list[InvalidArgument | None] = [primary_refusal]
         # Endpoint (provider, model, caller's base URL or "") -> the field that named it.
         named = {(provider.name, request.model, base_url): "primary"}
         if len(msg.fallback) > self.limits.max_fallbacks:
@@ -103,8 +112,6 @@ class Planner:
             )
             model = choice.model.strip() or other.config.default_model
             check_model(model, other.config, f"{where}.model")
-            check_context_window(list(request.messages), request.max_tokens, other.config)
-            check_token_budget(list(request.messages), request.max_tokens, other.config)
             _check_repeat(named, (other.name, model, ""), where)
             chain.append(
                 Target(
@@ -115,6 +122,7 @@ class Planner:
                     ),
                 )
             )
+            refusals.append(limit_refusal(request, other.config))
         # The caller's deadline bounds everything upstream, retries and fallbacks included,
         # less a margin (call_deadline.upstream_margin, time for the reply to reach the
         # caller, through the gateway too, before the chassis' own cut): a call that fails
@@ -122,12 +130,42 @@ class Planner:
         # told so while the caller still listens, not left to the chassis' generic cut or
         # the caller's own bare DEADLINE_EXCEEDED.
         return Plan(
-            chain=chain,
+            chain=_pairs_that_hold(chain, refusals),
             deadline=Deadline(exchange_seconds(time_remaining, self.default_timeout)),
             share=self.fallback_share,
             checks=self.answer_checks,
             schema=None if fmt is None else fmt[1],
         )
+
+
+def _own_max_tokens_past_window(refusal: InvalidArgument) -> bool:
+    return refusal.field == "max_tokens" and refusal.reason == CONTEXT_WINDOW_EXCEEDED
+
+
+def _pairs_that_hold(chain: list[Target], refusals: list[InvalidArgument | None]) -> list[Target]:
+    """The pairs whose limits can take the request (``refusals[i]`` None), in order: a
+    pair that cannot is skipped, never sent the prompt, so the chain stays the caller's
+    insurance (before, one small-window fallback refused the whole request). With no pair
+    left, the primary's refusal, as when the chain had none. Nothing is sent to a skipped
+    pair, so it adds no attempt or upstream call; ``fallback_index`` names the pair that
+    answered."""
+    kept = [target for target, why in zip(chain, refusals, strict=True) if why is None]
+    primary_refusal = refusals[0]
+    if not kept:
+        assert primary_refusal is not None
+        raise primary_refusal
+    for target, why in zip(chain, refusals, strict=True):
+        if why is not None:
+            log.info(
+                "skipping a provider/model that cannot hold the request",
+                extra={
+                    "provider": target.provider.name,
+                    "model": target.request.model,
+                    "fallback_index": target.index,
+                    "reason": why.reason,
+                },
+            )
+    return kept
 
 
 def _check_repeat(

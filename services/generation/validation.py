@@ -33,6 +33,8 @@ _ESTIMATE_SLACK = 1.25
 #: The messages together are longer than ``max_prompt_chars`` (INVALID_ARGUMENT, field
 #: ``messages``, metadata ``max_chars``, ``chars``, ``setting``).
 PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
+#: A prompt or ``max_tokens`` past a provider's context window.
+CONTEXT_WINDOW_EXCEEDED = "CONTEXT_WINDOW_EXCEEDED"
 MAX_PROMPT_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_PROMPT_CHARS"
 MAX_MODEL_CHARS_SETTING = "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
 # The prefix of the generation service's own variables, named beside each bound it sets.
@@ -78,7 +80,7 @@ def check_context_window(
             f"max_tokens {max_tokens} exceeds the context window of provider "
             f"{config.name!r} ({window} tokens)",
             field="max_tokens",
-            reason="CONTEXT_WINDOW_EXCEEDED",
+            reason=CONTEXT_WINDOW_EXCEEDED,
             metadata={"provider": config.name, "context_window": str(window)},
         )
     # Only what clearly cannot fit: the shared estimate is rough, and the gateway may
@@ -90,8 +92,22 @@ def check_context_window(
             f"the prompt (~{prompt} tokens) exceeds the context window of provider "
             f"{config.name!r} ({window} tokens)",
             field="messages",
-            reason="CONTEXT_WINDOW_EXCEEDED",
+            reason=CONTEXT_WINDOW_EXCEEDED,
         )
+
+
+def limit_refusal(request: CompletionRequest, config: ProviderConfig) -> InvalidArgument | None:
+    """Why the provider ``config`` can never take ``request`` (its prompt or ``max_tokens``
+    past the context window, or past a whole window of ``tokens_per_minute``), or None
+    when it can. A refusal, not raised: the planner skips such a fallback pair, and
+    refuses the request only when no pair of the chain can take it."""
+    messages = list(request.messages)
+    try:
+        check_context_window(messages, request.max_tokens, config)
+        check_token_budget(messages, request.max_tokens, config)
+    except InvalidArgument as err:
+        return err
+    return None
 
 
 def check_token_budget(
@@ -254,9 +270,8 @@ def build_request(
     presence_penalty = _penalty(msg, "presence_penalty")
     seed = msg.seed if msg.HasField("seed") else None
 
-    check_context_window(messages, max_tokens, config)
-    check_token_budget(messages, max_tokens, config)
-
+    # The limits of the provider (context window, token budget) are the planner's to
+    # check, pair by pair: a pair that cannot hold the prompt is skipped (``limit_refusal``).
     return CompletionRequest(
         model=model,
         messages=messages,

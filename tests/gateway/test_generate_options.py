@@ -568,11 +568,13 @@ async def test_bad_options_fail_the_request_naming_the_field(
 async def test_max_tokens_beyond_a_context_window_fails_the_request(
     stack_factory: StackFactory, fake: FakeOpenAI, fake2: FakeOpenAI
 ) -> None:
-    """QA: 2147483647 was sent upstream on every hit. Every pair of the chain is checked,
-    the request's max_tokens or the collection's, before any search's LLM call."""
+    """QA: 2147483647 was sent upstream on every hit. The primary's window is checked,
+    the request's max_tokens or the collection's, before any search's LLM call, whatever
+    the chain: a fallback pair that could take it would hide the caller's mistake. (A
+    fallback pair too small for max_tokens is skipped instead: test_fallback_skip.py.)"""
     stack = await stack_factory(
         provider=fake_provider(fake, context_window=4096),
-        extra_providers=[fake_provider(fake2, name="backup", context_window=512)],
+        extra_providers=[fake_provider(fake2, name="backup", context_window=1_000_000)],
     )
     await create_books(stack, books=WITH_BODY)
     cases = [
@@ -580,10 +582,10 @@ async def test_max_tokens_beyond_a_context_window_fails_the_request(
         (
             books_search(
                 single_prompt="About {title}",
-                max_tokens=1000,
+                max_tokens=5000,
                 fallback=[gen_pb.ModelChoice(provider="backup")],
             ),
-            "backup",
+            "fake",
         ),
     ]
     for request, provider in cases:

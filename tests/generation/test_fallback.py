@@ -292,22 +292,3 @@ async def test_bad_chains_are_refused_naming_the_field(
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info(caught.value).metadata["field"] == field
     assert fake.chat_requests == [] and fake2.chat_requests == []
-
-
-async def test_max_tokens_beyond_a_fallback_pairs_context_window_is_refused(
-    fake: FakeOpenAI, fake2: FakeOpenAI, start_service: StartService
-) -> None:
-    """Each pair's provider is checked, not only the primary's, before any call."""
-    svc = await start_service(
-        [fake_provider(fake), fake_provider(fake2, name="backup", context_window=512)]
-    )
-    request = pb.GenerateRequest(
-        messages=[user("hi")], max_tokens=1000, fallback=[pb.ModelChoice(provider="backup")]
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await svc.stub.Generate(request, timeout=5)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
-    assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "max_tokens")
-    assert info.metadata["provider"] == "backup"
-    assert fake.chat_requests == [] and fake2.chat_requests == []

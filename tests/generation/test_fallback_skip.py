@@ -1,0 +1,183 @@
+"""A fallback pair whose limits cannot hold a call is skipped, not a reason to refuse the
+call: the prompt is never sent to it, and a call that falls back goes to the next pair
+that can hold it. The call is refused up front only when no pair of the chain (the
+primary included) can, with the primary's refusal, as before. Before, one pair with a
+small context window refused the whole call, even when the primary could answer it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from gensearch.generation.v1 import generation_service_pb2 as pb
+
+from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
+
+# ~500 tokens by the shared estimate: past a window of 100 (with its 1.25 slack), well
+# within one of 4096.
+LONG = "w" * 2000
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def big() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def _providers(
+    fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, primary_window: int = 4096
+) -> list[dict[str, object]]:
+    return [
+        fake_provider(fake, context_window=primary_window),
+        fake_provider(small, name="small", default_model="s-model", context_window=100),
+        fake_provider(big, name="big", default_model="b-model", context_window=4096),
+    ]
+
+
+CHAIN = [pb.ModelChoice(provider="small"), pb.ModelChoice(provider="big")]
+
+
+async def _answer(
+    svc: Service, stream: bool, **fields: Any
+) -> tuple[str, pb.GenerateResponse | pb.StreamGenerateResponse]:
+    """The text and the reply (a stream's last message) of Generate or StreamGenerate."""
+    if not stream:
+        reply = await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=10)
+        return reply.text, reply
+    events = [
+        e async for e in svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=10)
+    ]
+    return "".join(e.delta for e in events), events[-1]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_failing_primary_falls_back_past_a_pair_too_small_for_the_prompt(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """Failed before: INVALID_ARGUMENT / CONTEXT_WINDOW_EXCEEDED for the whole call."""
+    svc = await start_service(_providers(fake, small, big))
+    fake.enqueue_for_model("fake-model", Behaviour.error(503))
+    big.reply = "from the big one"
+    text, reply = await _answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
+    assert text == "from the big one"
+    assert (reply.provider, reply.model, reply.fallback_index) == ("big", "b-model", 2)
+    assert small.chat_requests == []
+    # The skipped pair sent nothing: the primary's failed request and the answer.
+    assert (reply.attempts, reply.upstream_calls) == (1, 2)
+
+
+async def test_a_pair_too_small_for_max_tokens_is_skipped(
+    fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """max_tokens past a fallback pair's window (not the primary's): that pair is skipped.
+    Failed before: INVALID_ARGUMENT naming max_tokens, metadata provider ``small``."""
+    svc = await start_service(_providers(fake, small, big))
+    fake.enqueue_for_model("fake-model", Behaviour.error(500))
+    big.reply = "from the big one"
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], max_tokens=1000, fallback=CHAIN), timeout=10
+    )
+    assert (reply.text, reply.fallback_index) == ("from the big one", 2)
+    assert small.chat_requests == []
+    assert big.chat_requests[-1].json["max_tokens"] == 1000
+
+
+async def test_a_primary_that_answers_is_not_refused_for_a_small_fallback(
+    fake: FakeOpenAI, small: FakeOpenAI, start_service: StartService, big: FakeOpenAI
+) -> None:
+    svc = await start_service(_providers(fake, small, big))
+    fake.reply = "from the primary"
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]),
+        timeout=10,
+    )
+    assert (reply.text, reply.provider, reply.fallback_index) == ("from the primary", "fake", 0)
+    assert small.chat_requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_primary_too_small_for_the_prompt_goes_to_the_first_pair_that_holds_it(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """Decided: the call goes straight to the first pair that can hold it; the reply's
+    provider, model and fallback_index name it. Failed before: the primary's refusal."""
+    svc = await start_service(_providers(fake, small, big, primary_window=100))
+    big.reply = "from the big one"
+    text, reply = await _answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
+    assert text == "from the big one"
+    assert (reply.provider, reply.model, reply.fallback_index) == ("big", "b-model", 2)
+    assert fake.chat_requests == [] and small.chat_requests == []
+    assert (reply.attempts, reply.upstream_calls) == (1, 1)
+
+
+async def test_the_last_pair_that_holds_the_prompt_keeps_its_retries(
+    fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """With the pairs after it skipped, the primary is the chain's last: a 5xx is retried
+    on it, as on a call with no chain, rather than ending it at once."""
+    svc = await start_service(_providers(fake, small, big), retry_max_attempts=2)
+    fake.enqueue_for_model("fake-model", Behaviour.error(503))
+    fake.reply = "from the primary"
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]),
+        timeout=10,
+    )
+    assert (reply.text, reply.fallback_index, reply.attempts) == ("from the primary", 0, 2)
+    assert small.chat_requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_no_pair_that_holds_the_prompt_is_the_primarys_refusal(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """As before the skip: refused before any call, naming the prompt (the primary's)."""
+    svc = await start_service(_providers(fake, small, big, primary_window=100))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _answer(
+            svc, stream, messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "messages")
+    assert "provider 'fake'" in (caught.value.details() or "")
+    assert fake.chat_requests == [] and small.chat_requests == []
+
+
+async def test_max_tokens_past_the_primarys_window_is_refused_whatever_the_chain(
+    fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """Decided: the caller's own max_tokens is wrong for the model it named first, even
+    when a fallback pair could take it (a guard: so it was before)."""
+    svc = await start_service(_providers(fake, small, big, primary_window=512))
+    request = pb.GenerateRequest(
+        messages=[user("hi")], max_tokens=1000, fallback=[pb.ModelChoice(provider="big")]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "max_tokens")
+    assert (info.metadata["provider"], info.metadata["context_window"]) == ("fake", "512")
+    assert fake.chat_requests == [] and big.chat_requests == []
