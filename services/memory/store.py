@@ -476,6 +476,10 @@ class _SlotMoving(Exception):
 # spread. Each try is itself up to 16 of redis-py's (the last eight 50 ms apart).
 SLOT_MOVE_FIRST_PAUSE = 0.01
 SLOT_MOVE_MAX_PAUSE = 0.25
+# When a call refused by a slot move past its wait is told to try again (RetryInfo): a
+# move outlasting GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS is a large slot, or one paused;
+# a second is four of the store's own longest pauses, not a busy loop of the clients'.
+SLOT_MOVE_RETRY_AFTER = 1.0
 
 
 async def _redis_waiting(
@@ -511,7 +515,7 @@ async def _redis_waiting(
                 outage.down(
                     refused.err, extra={"error": _describe(refused.err)}, node=outage.node(key)
                 )
-                raise _unavailable() from None
+                raise _slot_still_moving() from None
             await asyncio.sleep(pause_now)
             pause = min(pause * 2, SLOT_MOVE_MAX_PAUSE)
 
@@ -582,6 +586,19 @@ async def _redis(
         else:
             outage.answered(key, write)
     return out
+
+
+def _slot_still_moving() -> Unavailable:
+    """UNAVAILABLE for a call a slot move refused past its wait (``_redis_waiting``): the
+    move's refusal ran nothing, so the same request again is safe (a turn's request_id
+    finds it stored at most once), and it is said so (``RetryInfo``, ErrorInfo metadata
+    ``cause``) for a client to retry rather than give up: a move ends by itself."""
+    return Unavailable(
+        "memory store unavailable while its data moves between Redis Cluster nodes; try again",
+        reason="STORE_UNAVAILABLE",
+        metadata={"cause": "SLOT_MOVING"},
+        retry_after=SLOT_MOVE_RETRY_AFTER,
+    )
 
 
 def _unavailable() -> Unavailable:
@@ -920,6 +937,7 @@ class MemoryStore:
         maybe_missing: str = "",
         hinted_turns: Sequence[str] = (),
         maybe_absent: Sequence[str] = (),
+        moving_to_caller: bool = False,
     ) -> Any:
         """The answer of ``script`` (on ``names``, ``args``), after what a run of it
         stopped for, nothing written (``asked``, given empty, gets the keys its runs asked
@@ -958,7 +976,12 @@ class MemoryStore:
         missing (the request_id keys of turns a run deletes: of both owners' of a shared
         tag, one never exists). A run a move refuses is made again at once with only those
         found (``_present``, read each alone): a missing one declared had Redis refuse it
-        for the whole move. Read only then: no round trip outside a slot move."""
+        for the whole move. Read only then: no round trip outside a slot move.
+
+        ``moving_to_caller``: a run a move refuses, with nothing of the above left to drop,
+        raises ``_SlotMoving`` at once for the caller to handle (a many-turn read, which
+        leaves out the turns that do not exist: ``_read_turns``) instead of waiting out the
+        move."""
         # A hint may be stale: its turn deleted or evicted since, by this replica or
         # another. Mid-move Redis refuses, for the whole move, a run declaring the missing
         # turn's key beside its conversation's (TRYAGAIN), so a hinted run a move refuses
@@ -996,7 +1019,9 @@ class MemoryStore:
                     script,
                     names,
                     args,
-                    refused_moving=bool(maybe_missing or hinted or maybe_absent),
+                    refused_moving=bool(
+                        maybe_missing or hinted or maybe_absent or moving_to_caller
+                    ),
                 )
                 if hint and asked:
                     # Added to what was kept, not in its place: a turn's hint, its
@@ -1009,6 +1034,8 @@ class MemoryStore:
                     self._hint(hint, list(dict.fromkeys(hinted + asked)))
                 return out
             except _SlotMoving:
+                if moving_to_caller and not (hinted or maybe_missing or maybe_absent):
+                    raise
                 if hinted:
                     del names[base : base + len(hinted)]
                     for turn in hinted_turns:
@@ -2285,13 +2312,37 @@ class MemoryStore:
     async def _read_turns(self, owner: Owner, iids: list[str], script: AsyncScript) -> list[Any]:
         """The answer of a read of several of the caller's turns in one round trip
         (get_interactions.lua, interactions_exist.lua: ARGV caller, tag, their number), one
-        item a turn; the conversation hashes ``_hint`` keeps for them declared up front."""
+        item a turn (None: missing or not the caller's); the conversation hashes ``_hint``
+        keeps for them declared up front.
+
+        Mid-reshard Redis refuses, for the whole move, a run declaring a key that does not
+        exist (TRYAGAIN: it cannot tell it from one not moved yet), so a read naming one
+        turn id that does not exist (deleted, evicted, expired, mistyped) waited out the
+        move (GENSEARCH_MEMORY_SLOT_MOVE_WAIT_SECONDS), then UNAVAILABLE. So a run a move
+        refuses is followed by a read of each turn's key alone (``_present``: a command on
+        one key is served by whichever node holds it, the client following ASK), and the
+        script runs again on the turns found only, the others answered missing: they were
+        missing when read (a turn never comes back). Those found all on one node are
+        answered at once; split between the two nodes, the run waits for the move's end
+        as any other. One round trip per turn more, only mid-move."""
         if not iids:
             return []
         tag = self.tag(owner)
         turns = [keys.interaction(tag, iid) for iid in iids]
-        args: list[EncodableT] = [self.caller(owner), tag, len(iids)]
-        return list(await self._run(tag, script, turns, args, hinted_turns=turns))
+        args: list[EncodableT] = [self.caller(owner), tag, len(turns)]
+        try:
+            return list(
+                await self._run(tag, script, turns, args, hinted_turns=turns, moving_to_caller=True)
+            )
+        except _SlotMoving:
+            pass
+        found = await self._present(turns)
+        if not found:
+            return [None] * len(turns)
+        args = [self.caller(owner), tag, len(found)]
+        answers = iter(await self._run(tag, script, found, args, hinted_turns=found))
+        present = set(found)
+        return [next(answers) if turn in present else None for turn in turns]
 
     # -- the search index's outbox -------------------------------------------------------
     # P:{search-outbox}:jobs     ZSET  index work waiting (failed, or beyond the running

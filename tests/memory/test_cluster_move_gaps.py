@@ -1,0 +1,148 @@
+"""Two calls on a Redis Cluster while the owner's slot moves (a real 3-node loopback cluster,
+the slot moved as ``redis-cli --cluster reshard`` does: test_cluster_migration.py's way):
+a turn written at ``max_turns``, which evicts the oldest, and a many-turn read naming a
+turn that does not exist. Neither loses nor repeats a turn, and neither is refused for
+longer than Redis makes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from gensearch.memory.v1 import memory_service_pb2 as pb
+
+from services.common.errors import Unavailable
+from services.memory import keys
+from services.memory.store import MemoryStore, Retention
+from tests.memory.test_cluster_migration import (
+    OWNER,
+    _client,
+    _conversation_keys,
+    _move,
+    _move_slot,
+    _two_turns_beside_four,
+)
+from tests.support.redis_cluster import LocalCluster
+
+BACKENDS = ("cluster",)
+
+
+@pytest_asyncio.fixture
+async def make_store(own_cluster: LocalCluster) -> AsyncIterator[Callable[..., MemoryStore]]:
+    """Makes a store on the test's own cluster (keywords: its limits); each one made is
+    closed after the test."""
+    stores: list[MemoryStore] = []
+
+    def make(**limits: Any) -> MemoryStore:
+        stores.append(MemoryStore(_client(own_cluster), **limits))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_many_turn_read_naming_a_missing_turn_is_answered_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """GetInteractions' store call and the search sweep's ``interactions_exist``, naming a
+    turn that exists (its conversation's keys moved) and one deleted before the move, at
+    every step of the move while another conversation's keys are still on the old node:
+    the turn found, the deleted one missing. Before, the run declaring the missing key was
+    refused by Redis for the whole move (TRYAGAIN: it cannot tell a key that does not
+    exist from one not moved yet): each read waited out the store's wait, then
+    UNAVAILABLE."""
+    writer = make_store()
+    cid, doomed, kept = await _two_turns_beside_four(writer, "m")
+    assert await writer.delete_interaction(OWNER, doomed.interaction_id) == cid
+    # A replica that has not read these turns: no kept hint (``_run``'s hinted turns).
+    reader = make_store(slot_move_wait=0.5)
+    _, source, _ = _move(own_cluster)
+    tag = reader.tag(OWNER)
+    other_left: list[bool] = []
+    answers: list[tuple[list[str | None], list[bool], list[Any]]] = []
+
+    async def read() -> None:
+        named = [kept.interaction_id, doomed.interaction_id]
+        try:
+            got = await reader.get_interactions(OWNER, named)
+            exist = await reader.interactions_exist(OWNER, named)
+            none = await reader.get_interactions(OWNER, [doomed.interaction_id, "0" * 26])
+        except Unavailable as err:
+            answers.append(([err.reason], [], []))
+            return
+        answers.append(([i.input if i else None for i in got], exist, none))
+        async with source.client() as old:  # the other conversation not moved yet
+            other_left.append(bool(await old.dbsize()))
+
+    first = _conversation_keys(tag, cid, kept)
+    await _move_slot(own_cluster, batch=2, between=read, first=first)
+    await read()
+    assert answers == [(["m1", None], [True, False], [None, None])] * len(answers)
+    assert other_left.count(True) >= 3  # read mid-move, keys split between the nodes
+
+
+@pytest.mark.slow
+async def test_a_turn_at_max_turns_mid_move_waits_for_the_move_or_says_when_to_retry(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """A turn written at ``max_turns`` (it evicts the oldest) while the conversation's slot
+    moves: Redis refuses its script for the whole move (it declares the new turn's key,
+    which does not exist yet), so no store writes it mid-move. A store whose wait the move
+    outlasts answers UNAVAILABLE with ErrorInfo and RetryInfo (before: no RetryInfo, no
+    cause); one whose wait it does not outlast stores the turn once the move ends. The
+    refused one retried with its request_id finds that turn: one turn stored, the oldest
+    evicted, never more than ``max_turns`` listed."""
+    store = make_store()
+    retention = Retention(max_turns=2, summary_disabled=True)
+    made = await store.create_conversation(OWNER, "x", retention)
+    cid = made.conversation_id
+    turns = [
+        await store.create_interaction(OWNER, cid, pb.Interaction(input=f"x{n}"), f"x{n}", b"")
+        for n in range(2)
+    ]
+    other = (await store.create_conversation(OWNER, "o")).conversation_id
+    for n in range(4):
+        await store.create_interaction(OWNER, other, pb.Interaction(input=f"o{n}"), f"o{n}", b"")
+    tag = store.tag(OWNER)
+    impatient, patient = make_store(slot_move_wait=0.2), make_store(slot_move_wait=60.0)
+    _, source, _ = _move(own_cluster)
+    refused: list[Unavailable] = []
+    waiting: list[asyncio.Task[pb.Interaction]] = []
+    mid_move: list[bool] = []
+
+    def write(on: MemoryStore) -> Any:
+        return on.create_interaction(OWNER, cid, pb.Interaction(input="x2"), "x2", b"")
+
+    async def step() -> None:
+        if not refused:
+            with pytest.raises(Unavailable) as caught:
+                await write(impatient)
+            refused.append(caught.value)
+            waiting.append(asyncio.create_task(write(patient)))
+        await asyncio.sleep(0.05)  # the patient write's tries meet the move
+        assert not waiting[0].done()  # nothing written while the move lasts
+        async with source.client() as old:
+            mid_move.append(bool(await old.dbsize()))
+
+    first = _conversation_keys(tag, cid, *turns)
+    target = await _move_slot(own_cluster, batch=2, between=step, first=first)
+    assert mid_move.count(True) >= 3
+    err = refused[0]
+    assert (err.reason, err.metadata, err.retry_after) == (
+        "STORE_UNAVAILABLE",
+        {"cause": "SLOT_MOVING"},
+        1.0,
+    )
+    stored = await waiting[0]
+    again = await write(impatient)  # the caller's retry, as RetryInfo says
+    assert again.interaction_id == stored.interaction_id
+    page = await make_store().list_interactions(OWNER, cid, 10, None, 1 << 20)
+    assert [pb.Interaction.FromString(i).input for i in page.items] == ["x2", "x1"]
+    evicted = keys.interaction(tag, turns[0].interaction_id)
+    async with target.client() as new:
+        assert await new.exists(evicted, keys.request(tag, "x0")) == 0
