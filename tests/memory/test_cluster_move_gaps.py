@@ -146,3 +146,44 @@ async def test_a_turn_at_max_turns_mid_move_waits_for_the_move_or_says_when_to_r
     evicted = keys.interaction(tag, turns[0].interaction_id)
     async with target.client() as new:
         assert await new.exists(evicted, keys.request(tag, "x0")) == 0
+
+
+@pytest.mark.slow
+async def test_a_listing_split_by_the_move_is_refused_with_when_to_retry(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """ListInteractions and GetInteractions of a conversation whose own keys have moved and
+    whose turns have not: each page or read is one script over keys on two nodes, which
+    Redis refuses until they are on one (TRYAGAIN). It is not split into reads of one key
+    each (that would give up the page's one view of the conversation, the ownership check
+    beside each turn with it), so past the store's wait it answers UNAVAILABLE with
+    ErrorInfo ``cause`` and RetryInfo (before: neither), and whole once the move ends."""
+    writer = make_store()
+    cid = (await writer.create_conversation(OWNER, "l")).conversation_id
+    turns = [
+        await writer.create_interaction(OWNER, cid, pb.Interaction(input=f"l{n}"), "", b"")
+        for n in range(3)
+    ]
+    reader = make_store(slot_move_wait=0.2)
+    tag = reader.tag(OWNER)
+    refusals: list[tuple[str, dict[str, str], float | None]] = []
+
+    async def read() -> None:
+        if refusals:
+            return
+        for call in (
+            reader.list_interactions(OWNER, cid, 10, None, 1 << 20),
+            reader.get_interactions(OWNER, [turn.interaction_id for turn in turns]),
+        ):
+            with pytest.raises(Unavailable) as caught:
+                await call
+            err = caught.value
+            refusals.append((err.reason, err.metadata, err.retry_after))
+
+    first = [keys.conversation(tag, cid), keys.conversation_interactions(tag, cid)]
+    await _move_slot(own_cluster, batch=100, between=read, first=first)
+    assert refusals == [("STORE_UNAVAILABLE", {"cause": "SLOT_MOVING"}, 1.0)] * 2
+    page = await reader.list_interactions(OWNER, cid, 10, None, 1 << 20)
+    assert [pb.Interaction.FromString(i).input for i in page.items] == ["l2", "l1", "l0"]
+    got = await reader.get_interactions(OWNER, [turn.interaction_id for turn in turns])
+    assert [i.input if i else None for i in got] == ["l0", "l1", "l2"]
