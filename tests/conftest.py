@@ -10,6 +10,7 @@ import pytest
 
 from services.common import logs
 from services.devlaunch.redis_server import RedisProcess
+from tests.support.otlp_collector import collector_fixture  # noqa: F401  (`collector`)
 from tests.support.redis_cluster import LocalCluster
 from tests.support.spans import spans_fixture  # noqa: F401  (the `spans` fixture)
 

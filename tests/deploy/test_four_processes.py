@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -26,12 +25,11 @@ from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 from google.protobuf import struct_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.gateway.conftest import ALICE, BOOKS, DIM, KEYS, TOKEN, vector
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.otlp_collector import Collector
 from tests.support.processes import listening_ports, owned_ports_known, start_serving
 from tests.support.redis_cluster import LocalCluster
 
@@ -55,42 +53,6 @@ CHASSIS_METRICS = {
 }
 
 pytestmark = pytest.mark.skipif(not owned_ports_known(), reason="needs /proc to find ports")
-
-
-class _Collector(otlp_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.requests: list[otlp.ExportTraceServiceRequest] = []
-
-    async def Export(
-        self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
-    ) -> otlp.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return otlp.ExportTraceServiceResponse()
-
-    def spans(self) -> list[tuple[str, Span]]:
-        """(service.name, span) of everything received."""
-        found = []
-        for request in self.requests:
-            for resource in request.resource_spans:
-                (name,) = [
-                    a.value.string_value
-                    for a in resource.resource.attributes
-                    if a.key == "service.name"
-                ]
-                for scope in resource.scope_spans:
-                    found += [(name, span) for span in scope.spans]
-        return found
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[tuple[_Collector, int]]:
-    server = grpc.aio.server()
-    received = _Collector()
-    otlp_grpc.add_TraceServiceServicer_to_server(received, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield received, port
-    await server.stop(0)
 
 
 class _Processes:
@@ -180,7 +142,7 @@ def _metric_names(exposition: str) -> set[str]:
     return names
 
 
-async def _until_spans(received: _Collector, wanted: set[str], root: str) -> list[Span]:
+async def _until_spans(received: Collector, wanted: set[str], root: str) -> list[Span]:
     """Waits (up to 60 s) until every service in ``wanted`` exported a span of the trace of
     the gateway's server span ``root``; returns that trace's spans."""
     end = asyncio.get_running_loop().time() + 60
@@ -198,7 +160,7 @@ async def _until_spans(received: _Collector, wanted: set[str], root: str) -> lis
 
 
 async def test_four_processes_one_trace_each_metrics_and_a_redis_cluster(
-    tmp_path: Path, collector: tuple[_Collector, int]
+    tmp_path: Path, collector: tuple[Collector, int]
 ) -> None:
     received, collector_port = collector
     cluster = LocalCluster(tmp_path / "cluster")

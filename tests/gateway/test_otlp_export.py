@@ -5,61 +5,22 @@ says, a caller's trace context only linked, no key or prompt in what is exported
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.gateway.conftest import ALICE, StackFactory, books_search, create_books
 from tests.support.gateway_process import GatewayProcess
+from tests.support.otlp_collector import Collector
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
 PROMPT = "Summarise the zanyness of {title}"
 
 
-class _Collector(otlp_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.requests: list[otlp.ExportTraceServiceRequest] = []
-
-    async def Export(
-        self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
-    ) -> otlp.ExportTraceServiceResponse:
-        self.requests.append(request)
-        return otlp.ExportTraceServiceResponse()
-
-    def spans(self) -> list[tuple[str, Span]]:
-        """(service.name, span) of everything received."""
-        found = []
-        for request in self.requests:
-            for resource in request.resource_spans:
-                names = [
-                    a.value.string_value
-                    for a in resource.resource.attributes
-                    if a.key == "service.name"
-                ]
-                for scope in resource.scope_spans:
-                    found += [(names[0], span) for span in scope.spans]
-        return found
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[tuple[_Collector, int]]:
-    server = grpc.aio.server()
-    received = _Collector()
-    otlp_grpc.add_TraceServiceServicer_to_server(received, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield received, port
-    await server.stop(0)
-
-
 async def test_the_gateway_exports_its_trace_over_otlp(
-    stack_factory: StackFactory, collector: tuple[_Collector, int]
+    stack_factory: StackFactory, collector: tuple[Collector, int]
 ) -> None:
     received, port = collector
     stack = await stack_factory()
