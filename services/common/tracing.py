@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -70,6 +72,7 @@ _providers: dict[str, TracerProvider] = {}
 _tracers: dict[TracerProvider, trace.Tracer] = {}
 _exporter_checked = False
 _exporting = False
+log = logging.getLogger("gensearch.tracing")
 
 
 def disabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -135,7 +138,43 @@ def _configure_export() -> None:
         add_span_processor(BatchSpanProcessor(exporter))
     # Flushes the batch at exit (the providers themselves do not register, so that the
     # shared processors are shut down once).
-    atexit.register(_processors.shutdown)
+    atexit.register(flush_at_exit)
+
+
+# The exporter's own default (seconds), when neither timeout variable is set.
+DEFAULT_EXPORT_TIMEOUT = 10.0
+_EXPORT_TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+
+
+def export_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds one export may take, as the OTLP exporter reads them (the traces' own
+    variable wins; both checked at start by ``otel_environment``)."""
+    for name in _EXPORT_TIMEOUTS:
+        if value := environ.get(name, "").strip():
+            return float(value)
+    return DEFAULT_EXPORT_TIMEOUT
+
+
+def flush_at_exit(environ: Mapping[str, str] = os.environ) -> None:
+    """Sends the spans still queued, waiting at most one export timeout in all.
+
+    The SDK's shutdown exports every queued batch, each with a whole export timeout, for
+    up to 30 s: with a collector that does not answer (down, or its packets dropped by a
+    network policy) a busy service's exit after its drain took 30 s, past the pod's
+    termination budget, for spans that could not be delivered anyway. A collector that
+    answers takes the queue in milliseconds."""
+    bound = export_timeout(environ)
+    flushing = threading.Thread(target=_processors.shutdown, name="span-flush", daemon=True)
+    flushing.start()
+    flushing.join(bound)
+    if flushing.is_alive():
+        variable = next((n for n in _EXPORT_TIMEOUTS if environ.get(n, "").strip()), None)
+        log.warning(
+            "spans still queued at exit were not exported: the collector did not take "
+            "them within %g s (%s)",
+            bound,
+            variable or "OTEL_EXPORTER_OTLP_TIMEOUT, default 10",
+        )
 
 
 # Characters an attribute value (of a span or of its events) keeps, unless the operator

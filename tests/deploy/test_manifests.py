@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 
 from services.common.releases import settle_wait
+from services.common.tracing import export_timeout
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from tests.deploy.manifests import (
@@ -390,10 +391,10 @@ SHUTDOWN_DRAINS = {
 RELEASE_SETTLES = {"gateway": GatewaySettings, "generation": GenerationSettings}
 
 
-def _drains(docs: tuple[Doc, ...], service: str) -> float:
+def _drains(docs: tuple[Doc, ...], service: str, added: dict[str, str] | None = None) -> float:
     """Seconds ``service``'s shutdown hooks may take after its grace period: the
-    rendered config's values, or the settings' defaults."""
-    env = config(docs)
+    rendered config's values (and ``added``), or the settings' defaults."""
+    env = config(docs) | (added or {})
     prefix = f"GENSEARCH_{service.upper()}_"
 
     def seconds(settings: type[Any], name: str) -> float:
@@ -405,17 +406,27 @@ def _drains(docs: tuple[Doc, ...], service: str) -> float:
     if settings is not None and env.get(prefix + "REDIS_URL"):
         socket, connect = (seconds(settings, f"redis_{t}_timeout") for t in ("socket", "connect"))
         total += settle_wait(socket, connect)
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        # The spans still queued are sent at exit, for up to one export timeout
+        # (services/common/tracing.py flush_at_exit) when the collector does not answer.
+        total += export_timeout(env)
     return total
 
 
+# What docs/operations.md (Tracing) tells an operator to add to config.env.
+TRACE_EXPORT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4317"}
+
+
+@pytest.mark.parametrize("added", [{}, TRACE_EXPORT], ids=["as shipped", "exporting spans"])
 @pytest.mark.parametrize("path", ALL)
-def test_termination_grace_covers_drain(path: str) -> None:
+def test_termination_grace_covers_drain(path: str, added: dict[str, str]) -> None:
     """Kubernetes kills a pod terminationGracePeriodSeconds after it began terminating:
     the preStop sleep, then the grace period (calls still running at its end get
     SHUTTING_DOWN), then the shutdown drains, then the wait for pending Redis slot
     releases (settle_wait of the Redis timeouts) must all fit in it, or the pod is killed mid-drain
     (the gateway's Ask clean-ups and summary folds cut, keys left held, quota and provider
-    slots taken until their leases end)."""
+    slots taken until their leases end). With spans exported (the endpoint added as the
+    docs say), the flush of the spans still queued at exit too."""
     docs = render(path)
     for service in SERVICES:
         grace = float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
@@ -423,7 +434,7 @@ def test_termination_grace_covers_drain(path: str) -> None:
         pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
         assert pre_stop[0] == "sleep"
         budget = pod_spec(deployment)["terminationGracePeriodSeconds"]
-        assert budget > float(pre_stop[1]) + grace + _drains(docs, service), service
+        assert budget > float(pre_stop[1]) + grace + _drains(docs, service, added), service
 
 
 @pytest.mark.parametrize("path", ALL)
