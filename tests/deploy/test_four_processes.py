@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import urllib.request
 from pathlib import Path
 
@@ -51,6 +52,8 @@ CHASSIS_METRICS = {
     "grpc_server_msg_sent_total",
     "gensearch_grpc_server_in_flight",
 }
+# Every service that uses Redis (docs/operations.md).
+REDIS_METRICS = {"gensearch_redis_errors_total"}
 
 pytestmark = pytest.mark.skipif(not owned_ports_known(), reason="needs /proc to find ports")
 
@@ -130,16 +133,37 @@ def _scrape(port: int) -> str:
 
 
 def _metric_names(exposition: str) -> set[str]:
-    """The metric families named in a Prometheus text exposition (a histogram's
-    ``_bucket``/``_count``/``_sum`` series under its own name)."""
+    """The metrics a Prometheus text exposition declares (``# TYPE`` lines: a labelled
+    metric none of whose series exists yet is declared too), counters by their series'
+    name (``…_total``), and every series' name."""
     names = set()
     for line in exposition.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            names.add(name + "_total" if kind == "counter" and "_total" not in name else name)
+        elif line and not line.startswith("#"):
             series = line.split("{")[0].split(" ")[0]
             for suffix in ("_bucket", "_count", "_sum"):
                 series = series.removesuffix(suffix)
             names.add(series)
     return names
+
+
+# docs/operations.md's tables of the metrics one service exports ("Gateway only …").
+_OWN_TABLE = re.compile(r"^(\w+) only \(`services/\w+/metrics\.py`\)[^\n]*:\n\n((?:\|.*\n)+)", re.M)
+
+
+def _documented_metrics() -> dict[str, set[str]]:
+    """Each service's own metrics as docs/operations.md lists them; every service also
+    the chassis' and prometheus-client's process metrics it names."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    own = {
+        service.lower(): set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+        for service, table in _OWN_TABLE.findall(text)
+    }
+    assert set(own) == set(SERVICES), own.keys()
+    process = {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"}
+    return {name: own[name] | CHASSIS_METRICS | process for name in SERVICES}
 
 
 async def _until_spans(received: Collector, wanted: set[str], root: str) -> list[Span]:
@@ -250,11 +274,15 @@ async def test_four_processes_one_trace_each_metrics_and_a_redis_cluster(
             secrets = [ALICE[0][1].split()[-1], TOKEN, "zanyness", "sandworms"]
             assert [s for s in secrets if s.encode() in exported] == []
 
+            documented = _documented_metrics()
+            on_redis = {"memory", "gateway"}
             # Every documented metrics endpoint answers with the documented names, and
             # counted the calls its service served.
             for name, service in SERVICES.items():
                 text = _scrape(processes.metrics_port(name))
-                assert _metric_names(text) >= CHASSIS_METRICS, name
+                wanted = documented[name] | (REDIS_METRICS if name in on_redis else set())
+                missing = wanted - _metric_names(text)
+                assert missing == set(), f"{name}'s /metrics lacks {sorted(missing)}"
                 assert f'grpc_service="{service}"' in text, name
 
             # Memory and the gateway's quotas wrote into the cluster, across its nodes.
