@@ -16,6 +16,7 @@ from services.common.releases import settle_wait
 from services.common.tracing import export_timeout
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
+from services.memory.indexer import CLOSE_WAIT_SECONDS
 from tests.deploy.manifests import (
     K8S_VERSION,
     OVERLAYS,
@@ -406,6 +407,8 @@ def _drains(docs: tuple[Doc, ...], service: str, added: dict[str, str] | None = 
     if settings is not None and env.get(prefix + "REDIS_URL"):
         socket, connect = (seconds(settings, f"redis_{t}_timeout") for t in ("socket", "connect"))
         total += settle_wait(socket, connect)
+    if service == "memory" and env.get(prefix + "SEARCH_INDEX", "off") != "off":
+        total += CLOSE_WAIT_SECONDS  # search index jobs under way finish at close
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         # The spans still queued are sent at exit, for up to one export timeout
         # (services/common/tracing.py flush_at_exit) when the collector does not answer.
@@ -415,9 +418,18 @@ def _drains(docs: tuple[Doc, ...], service: str, added: dict[str, str] | None = 
 
 # What docs/operations.md (Tracing) tells an operator to add to config.env.
 TRACE_EXPORT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4317"}
+# And docs/memory.md, to turn memory's search index on in Kubernetes.
+SEARCH_INDEX = {
+    "GENSEARCH_MEMORY_SEARCH_INDEX": "keyword",
+    "GENSEARCH_MEMORY_SEARCH_QDRANT_URL": "http://qdrant:6333",
+}
 
 
-@pytest.mark.parametrize("added", [{}, TRACE_EXPORT], ids=["as shipped", "exporting spans"])
+@pytest.mark.parametrize(
+    "added",
+    [{}, TRACE_EXPORT, TRACE_EXPORT | SEARCH_INDEX],
+    ids=["as shipped", "exporting spans", "exporting spans, memory's search index on"],
+)
 @pytest.mark.parametrize("path", ALL)
 def test_termination_grace_covers_drain(path: str, added: dict[str, str]) -> None:
     """Kubernetes kills a pod terminationGracePeriodSeconds after it began terminating:
@@ -426,7 +438,8 @@ def test_termination_grace_covers_drain(path: str, added: dict[str, str]) -> Non
     releases (settle_wait of the Redis timeouts) must all fit in it, or the pod is killed mid-drain
     (the gateway's Ask clean-ups and summary folds cut, keys left held, quota and provider
     slots taken until their leases end). With spans exported (the endpoint added as the
-    docs say), the flush of the spans still queued at exit too."""
+    docs say), the flush of the spans still queued at exit too; with memory's search index
+    on, its index jobs' wait at close."""
     docs = render(path)
     for service in SERVICES:
         grace = float(config(docs)[f"GENSEARCH_{service.upper()}_GRACE_PERIOD"])
