@@ -49,7 +49,7 @@ from opentelemetry.trace import (
 
 from services.common.auth import Authenticator, current_identity, set_current_identity
 from services.common.call_deadline import DeadlineLimit
-from services.common.call_slots import CallSlots
+from services.common.call_slots import CallSlot, CallSlots
 from services.common.errors import Internal, ResourceExhausted, ServiceError
 from services.common.logs import ACCESS_LOGGER, redact
 from services.common.metadata_size import MetadataLimit
@@ -419,24 +419,27 @@ class _MethodWrapper:
             yield request
 
     def _admitted(
-        self, context: grpc.aio.ServicerContext
+        self, context: grpc.aio.ServicerContext, slot: CallSlot
     ) -> tuple[Any, contextlib.AbstractAsyncContextManager[Any]]:
         """Before the servicer runs, in the order of their cost: the request metadata's
         size (METADATA_TOO_LARGE), the deadline (DEADLINE_TOO_SHORT), the caller
-        (UNAUTHENTICATED) and the admission guard. Returns the guard and the deadline's
-        cutoff to run the work in."""
+        (UNAUTHENTICATED), its tenant's share of the call slots and the admission guard.
+        Returns the guard and the deadline's cutoff to run the work in."""
         if self.metadata_limit is not None:
             self.metadata_limit.check(self.method, context.invocation_metadata())  # type: ignore[arg-type]
         cutoff = None
         if self.deadline_limit is not None:
             cutoff = self.deadline_limit.cutoff(context)
-        guard = self._authenticated(context)
+        guard = self._authenticated(context, slot)
         return guard, _NO_CUTOFF if cutoff is None else cutoff
 
-    def _authenticated(self, context: grpc.aio.ServicerContext) -> Any:
-        """Raises Unauthenticated before the servicer runs; then the admission guard
-        (quotas) for the caller, if the server has one."""
+    def _authenticated(self, context: grpc.aio.ServicerContext, slot: CallSlot) -> Any:
+        """Raises Unauthenticated before the servicer runs; then counts the call in its
+        tenant's share of the call slots, and returns the admission guard (quotas) for the
+        caller, if the server has one. No wait between the server's slot and the share:
+        a call its tenant's share refuses never held a slot across an await."""
         set_current_identity(self.auth.authenticate(context.invocation_metadata()))  # type: ignore[arg-type]
+        slot.take_for(current_identity().tenant)
         if self.admission is None:
             return _ADMITTED
         return self.admission(self.method, context)
@@ -487,8 +490,8 @@ class _MethodWrapper:
             held = self._held()
             try:
                 # The slot first, before authentication: the cheapest refusal under a flood.
-                with self.call_slots:
-                    guard, cutoff = self._admitted(context)
+                with self.call_slots.call() as slot:
+                    guard, cutoff = self._admitted(context, slot)
                     request = self._received(request, request_streaming, held)
                     self._room()
                     async with self._cut(False), cutoff, guard:
@@ -544,8 +547,8 @@ class _MethodWrapper:
                 # Given back however the stream ends, also when the client goes away
                 # mid-stream: gRPC cancels this task, and the CancelledError comes
                 # through the block.
-                with self.call_slots:
-                    guard, cutoff = self._admitted(context)
+                with self.call_slots.call() as slot:
+                    guard, cutoff = self._admitted(context, slot)
                     request = self._received(reads or request, request_streaming, held)
                     self._room()
                     holding = self._holding()

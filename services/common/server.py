@@ -435,7 +435,10 @@ class GrpcServer:
         self._admission = admission
         # One count for every service this server serves; health and reflection take none.
         self.call_slots = CallSlots(
-            settings.max_concurrent_rpcs, f"{settings.namespace()}MAX_CONCURRENT_RPCS"
+            settings.max_concurrent_rpcs,
+            f"{settings.namespace()}MAX_CONCURRENT_RPCS",
+            settings.max_concurrent_rpcs_per_tenant,
+            f"{settings.namespace()}MAX_CONCURRENT_RPCS_PER_TENANT",
         )
         # Per tenant and for all tenants together, for every service this server serves.
         self.reply_bytes = ReplyBytes(

@@ -357,6 +357,13 @@ class CommonSettings(BaseSettings):
     # reflection not counted); more get RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS
     # (services/common/call_slots.py). 0 = no limit.
     max_concurrent_rpcs: int = Field(default=1000, ge=0, le=MAX_CONCURRENCY)
+    # Of those, the calls one tenant may hold at once in this process; one more of that
+    # tenant is RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS, metadata `setting`
+    # naming this variable, while other tenants' calls still find slots: a tenant's flood
+    # took them all. 0 = no share but the whole. The gateway's default is half of its
+    # max_concurrent_rpcs (its callers are tenants); behind it, 0 (the gateway's calls,
+    # already held to it, fan out per hit).
+    max_concurrent_rpcs_per_tenant: int = Field(default=0, ge=0, le=MAX_CONCURRENCY)
     # Seconds a client-streaming call waits for each request message (the first one too)
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
