@@ -662,6 +662,10 @@ def server_options(settings: CommonSettings, largest_request: int) -> list[tuple
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(settings.keepalive_min_ping_interval)),
     ]
+    if settings.max_connections > 0:
+        # Closed at accept, before HTTP/2: the one refusal that bounds what open
+        # connections hold (each a descriptor and its buffers), whoever opens them.
+        options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
     if settings.max_connection_idle > 0:
         options.append(("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle)))
     if settings.max_connection_age > 0:

@@ -386,6 +386,14 @@ class CommonSettings(BaseSettings):
     # at once, DEADLINE_EXCEEDED / DEADLINE_TOO_SHORT (services/common/call_deadline.py):
     # its client would give up before any answer came back.
     min_deadline: float = Field(default=0.001, ge=0, le=MAX_MIN_DEADLINE_SECONDS)
+    # Client connections the server keeps open at once (gRPC's
+    # grpc.max_allowed_incoming_connections): past it, gRPC closes a new connection as it
+    # is accepted (the client sees UNAVAILABLE "Socket closed", no ErrorInfo: no call was
+    # made). Each open connection holds a file descriptor and ~17 KB even idle (measured:
+    # 4000 idle HTTP/2 connections grew a server by 66 MiB), and the process raises its
+    # open-file limit to the hard one: without it a client opening connections and
+    # keeping them alive took a replica past its container's memory. 0 = no limit.
+    max_connections: int = Field(default=2000, ge=0, le=MAX_CONCURRENCY)
     # Calls at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
     # a client queues the rest.
     max_concurrent_streams: int = Field(default=1024, ge=1, le=MAX_CONCURRENCY)

@@ -24,6 +24,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.server import GrpcServer
+from services.common.settings import CommonSettings
 from services.devlaunch.processes import free_port
 from tests.support.processes import wait_serving
 
@@ -146,3 +148,49 @@ async def test_idle_http2_connections_are_closed(gateway: str) -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+async def test_connections_past_max_connections_are_closed_and_the_open_ones_served() -> None:
+    """``max_connections``: a client holding the server's connections (here one gRPC
+    channel and one HTTP/2 connection that makes no call) leaves a new client's connection
+    closed by gRPC as it is accepted (UNAVAILABLE, no ErrorInfo: no call was made), while
+    the open channel is still served; once a connection closes, a new client gets in.
+    Before, connections were unbounded: each held a descriptor and ~17 KB even idle."""
+    settings = CommonSettings(max_connections=2)
+    server = GrpcServer(settings, port=0)
+    address = f"127.0.0.1:{await server.start()}"
+    held = _own_connection(address)
+    idle: list[socket.socket] = []
+    try:
+        await _health(address, timeout=10)  # a client that came and went: nothing held
+        await _check(held)
+        idle = _open_idle(address, 1, HTTP2_HELLO)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async with _own_connection(address) as late:
+                await _check(late)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        await _check(held)  # the connections already open are served as before
+        idle.pop().close()
+        async with _own_connection(address) as later:
+            await _check(later, ready=True)  # in once the server saw the close
+    finally:
+        for sock in idle:
+            sock.close()
+        await held.close()
+        await server.stop(0)
+
+
+async def _check(channel: grpc.aio.Channel, ready: bool = False) -> None:
+    """A health check on ``channel``; with ``ready``, waiting (20 s at most) for a
+    connection gRPC closed at once to be let in."""
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=20 if ready else 5, wait_for_ready=ready
+    )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _own_connection(address: str) -> grpc.aio.Channel:
+    """A channel with a connection of its own: channels of one process to one address
+    otherwise share one (gRPC's global subchannel pool), and a "new client" would ride on
+    the held one's connection."""
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])

@@ -28,20 +28,24 @@ BASELINE_BYTES = {
 # transient copies. bench/rss.py measured a held request at 2-4 times its wire size
 # (docs/benchmarks.md, process memory): the model takes the top of that.
 COPIES = 4
+# What one open client connection holds besides its calls' messages: ~17 KB measured idle
+# (4000 idle HTTP/2 connections grew a server by 66 MiB); the model takes 24 KiB.
+CONNECTION_BYTES = 24 * 1024
 
 
 def worst_case_bytes(service: str, settings: CommonSettings) -> float:
     """The most a replica's memory reaches under its bounds: its baseline, the replies in
     flight (all tenants; one always goes, so at least the send limit) and the requests
-    held (all calls; one always goes, so at least the largest request), each COPIES times. A
-    bound of 0 (none) is infinite."""
+    held (all calls; one always goes, so at least the largest request), each COPIES times,
+    and its open connections (MAX_CONNECTIONS of them). A bound of 0 (none) is infinite."""
 
     def held(bound: int, single: int) -> float:
         return float("inf") if bound == 0 else max(bound, single)
 
     replies = held(settings.max_reply_bytes_in_flight, settings.max_message_bytes)
     requests = held(settings.max_request_bytes_in_flight, settings.largest_request())
-    return BASELINE_BYTES[service] + COPIES * (replies + requests)
+    connections = held(settings.max_connections, 0) * CONNECTION_BYTES
+    return BASELINE_BYTES[service] + COPIES * (replies + requests) + connections
 
 
 def _limit(docs: Any, service: str) -> int:
@@ -84,5 +88,6 @@ def test_the_check_would_catch_a_change(monkeypatch: pytest.MonkeyPatch) -> None
         {"max_request_bytes_in_flight": 0},
         {"max_reply_bytes_in_flight": 4 * settings.max_reply_bytes_in_flight},
         {"request_limits": {"CreateInteraction": 512 * MIB}},  # one request alone
+        {"max_connections": 0},  # connections without bound
     ):
         assert worst_case_bytes("memory", settings.validated_copy(**change)) > limit, change
