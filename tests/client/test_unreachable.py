@@ -9,55 +9,25 @@ sockets on loopback, real channels; no stack is needed.
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 from gensearch.client import AsyncGensearch, Gensearch, _unreachable, errors
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
+from grpc_health.v1 import health
+
+from tests.support.unreachable import (
+    UnavailableHealth,
+    closing_address,
+    refusing_address,
+    serving_health,
+)
+
+__all__ = ["closing_address", "refusing_address"]  # the fixtures
 
 # The class a caller catches for every UNAVAILABLE, unchanged.
 UNAVAILABLE = errors.UnavailableError
 GRPC_TEXT = "(gRPC: failed to connect to all addresses; last error: "
-
-
-@pytest.fixture
-def refusing_address() -> Iterator[str]:
-    """A loopback port bound and never listened on: every connection is refused, and no
-    other program can take the port while the test runs."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{bound.getsockname()[1]}"
-
-
-@pytest.fixture
-def closing_address() -> Iterator[str]:
-    """A plain TCP server (no gRPC, no TLS) that closes each connection at once. On a
-    thread: the blocking client's call holds the test's thread while it waits."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-
-    def accept_and_close() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:  # the listener was closed: the test is over
-                return
-            conn.close()
-
-    thread = threading.Thread(target=accept_and_close, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        listener.close()
-        thread.join(5)
 
 
 def assert_unreachable(err: errors.GensearchError, address: str, hint: str) -> None:
@@ -70,14 +40,28 @@ def assert_unreachable(err: errors.GensearchError, address: str, hint: str) -> N
     assert str(err).startswith(f"UNAVAILABLE: cannot reach the gateway at {address}")
 
 
+async def async_health_refusal(address: str, **options: Any) -> errors.UnavailableError:
+    """The error the async client's health call raises at ``address``, not retried."""
+    async with AsyncGensearch(address, retry=None, **options) as client:
+        with pytest.raises(errors.UnavailableError) as caught:
+            await client.health()
+    return caught.value
+
+
+def blocking_health_refusal(address: str | None) -> errors.UnavailableError:
+    """The error the blocking client's health call raises at ``address`` (None: the
+    client's own default or GENSEARCH_ADDRESS), not retried."""
+    with Gensearch(address, retry=None) as client, pytest.raises(UNAVAILABLE) as caught:
+        client.health()
+    return caught.value
+
+
 async def test_async_client_at_a_closed_port_says_to_start_the_stack(
     refusing_address: str,
 ) -> None:
-    async with AsyncGensearch(refusing_address, retry=None) as client:
-        with pytest.raises(errors.UnavailableError) as caught:
-            await client.health()
-    assert_unreachable(caught.value, refusing_address, "is the stack up (`make run`)")
-    assert "connection refused" in caught.value.message.lower()
+    err = await async_health_refusal(refusing_address)
+    assert_unreachable(err, refusing_address, "is the stack up (`make run`)")
+    assert "connection refused" in err.message.lower()
 
 
 async def test_a_retried_read_at_a_closed_port_ends_with_the_same_message(
@@ -92,84 +76,46 @@ async def test_a_retried_read_at_a_closed_port_ends_with_the_same_message(
 
 
 def test_blocking_client_at_a_closed_port_says_to_start_the_stack(refusing_address: str) -> None:
-    with Gensearch(refusing_address, retry=None) as client, pytest.raises(UNAVAILABLE) as caught:
-        client.health()
-    assert_unreachable(caught.value, refusing_address, "is the stack up (`make run`)")
+    err = blocking_health_refusal(refusing_address)
+    assert_unreachable(err, refusing_address, "is the stack up (`make run`)")
 
 
 def test_address_from_the_environment_is_named_so(
     refusing_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GENSEARCH_ADDRESS", refusing_address)
-    with Gensearch(retry=None) as client, pytest.raises(UNAVAILABLE) as caught:
-        client.health()
-    assert_unreachable(caught.value, f"{refusing_address} (from GENSEARCH_ADDRESS)", "make run")
+    err = blocking_health_refusal(None)
+    assert_unreachable(err, f"{refusing_address} (from GENSEARCH_ADDRESS)", "make run")
 
 
 async def test_async_client_at_a_server_that_is_not_grpc_names_tls_and_the_port(
     closing_address: str,
 ) -> None:
-    async with AsyncGensearch(closing_address, retry=None) as client:
-        with pytest.raises(errors.UnavailableError) as caught:
-            await client.health()
-    assert_unreachable(caught.value, closing_address, "credentials=grpc.ssl_channel_credentials()")
-    assert "check the port" in caught.value.message
+    err = await async_health_refusal(closing_address)
+    assert_unreachable(err, closing_address, "credentials=grpc.ssl_channel_credentials()")
+    assert "check the port" in err.message
 
 
 def test_blocking_client_at_a_server_that_is_not_grpc_names_tls_and_the_port(
     closing_address: str,
 ) -> None:
-    with Gensearch(closing_address, retry=None) as client, pytest.raises(UNAVAILABLE) as caught:
-        client.health()
-    assert_unreachable(caught.value, closing_address, "credentials=grpc.ssl_channel_credentials()")
+    err = blocking_health_refusal(closing_address)
+    assert_unreachable(err, closing_address, "credentials=grpc.ssl_channel_credentials()")
 
 
 async def test_tls_client_at_a_plaintext_server_says_to_drop_credentials() -> None:
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    try:
+    async with serving_health(health.aio.HealthServicer()) as address:
         tls = grpc.ssl_channel_credentials()
-        async with AsyncGensearch(address, retry=None, credentials=tls) as client:
-            with pytest.raises(errors.UnavailableError) as caught:
-                await client.health()
-    finally:
-        await server.stop(0)
-    assert_unreachable(caught.value, address, "does not speak TLS: drop `credentials`")
-
-
-class _UnavailableHealth(health_pb2_grpc.HealthServicer):
-    """A server answering UNAVAILABLE itself, with ErrorInfo, in words that look like a
-    failed connection."""
-
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthCheckResponse:
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason="SOMETHING_DOWN", domain="gensearch"))
-        status = status_pb2.Status(
-            code=code_pb2.UNAVAILABLE,
-            message="failed to connect to all addresses of the upstream",
-            details=[detail],
-        )
-        await context.abort_with_status(rpc_status.to_status(status))
-        raise AssertionError("abort_with_status returned")
+        err = await async_health_refusal(address, credentials=tls)
+    assert_unreachable(err, address, "does not speak TLS: drop `credentials`")
 
 
 async def test_an_unavailable_sent_by_a_server_keeps_its_own_message() -> None:
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(_UnavailableHealth(), server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    try:
-        async with AsyncGensearch(address, retry=None) as client:
-            with pytest.raises(errors.UnavailableError) as caught:
-                await client.health()
-    finally:
-        await server.stop(0)
-    assert caught.value.reason == "SOMETHING_DOWN"
-    assert caught.value.message == "failed to connect to all addresses of the upstream"
+    servicer = UnavailableHealth("failed to connect to all addresses of the upstream")
+    async with serving_health(servicer) as address:
+        err = await async_health_refusal(address)
+    assert err.reason == "SOMETHING_DOWN"
+    assert err.message == "failed to connect to all addresses of the upstream"
 
 
 def test_the_default_address_and_an_unresolved_host_are_named() -> None:

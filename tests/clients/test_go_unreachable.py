@@ -12,15 +12,15 @@ import asyncio
 import os
 from pathlib import Path
 
-import grpc
 import pytest
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
-from tests.client.test_unreachable import closing_address, refusing_address
 from tests.clients.conftest import go_build
+from tests.support.unreachable import (
+    UnavailableHealth,
+    closing_address,
+    refusing_address,
+    serving_health,
+)
 
 __all__ = ["closing_address", "refusing_address"]  # the fixtures
 
@@ -69,30 +69,9 @@ async def test_health_at_a_server_that_closes_at_once_names_tls_and_the_port(
     assert "(gRPC: " in line and line.endswith(")"), line
 
 
-class _UnavailableHealth(health_pb2_grpc.HealthServicer):
-    """A server answering UNAVAILABLE itself, with ErrorInfo, in grpc-go's words for a
-    connection closed before it was set up."""
-
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthCheckResponse:
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason="SOMETHING_DOWN", domain="gensearch"))
-        status = status_pb2.Status(
-            code=code_pb2.UNAVAILABLE, message="connection closed", details=[detail]
-        )
-        await context.abort_with_status(rpc_status.to_status(status))
-        raise AssertionError("abort_with_status returned")
-
-
 async def test_an_unavailable_sent_by_a_server_keeps_its_own_message(go_health: Path) -> None:
     """A guard (it passed before too): a status with ErrorInfo is the server's own."""
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(_UnavailableHealth(), server)
-    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-    await server.start()
-    try:
+    # grpc-go's words for a connection closed before it was set up.
+    async with serving_health(UnavailableHealth("connection closed")) as address:
         line = await health_line(go_health, address)
-    finally:
-        await server.stop(0)
     assert line == "SOMETHING_DOWN: connection closed", line

@@ -28,6 +28,9 @@ from services.devlaunch.processes import free_port
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.__main__ import build as build_gateway
 from services.gateway.ask import AskService
+from services.gateway.backends import Backends
+from services.gateway.clients import Caller
+from services.gateway.generator import Options
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
@@ -86,6 +89,58 @@ def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
         "max_concurrency": 256,
         **fields,
     }
+
+
+async def model_checking_upstream_stack(
+    stack_factory: StackFactory, fake: FakeOpenAI, **settings: Any
+) -> Stack:
+    """A stack whose endpoint checks the model itself (OpenAI's way) while generation
+    cannot (check_models off, as for an endpoint that adds models): an unknown model is
+    refused only by the upstream's own 404 model_not_found."""
+    fake.reject_unknown_models = True
+    return await stack_factory(
+        provider=fake_provider(fake, check_models=False), default_provider="fake", **settings
+    )
+
+
+@dataclass
+class OwnCall:
+    """What the gateway's own steps (a summary fold, a completion) are called with, for
+    calling them directly against a stack's services: its backends, the options of an
+    Ask that named no model, and Alice as the caller."""
+
+    backends: Backends
+    options: Options
+    caller: Caller
+
+
+@contextlib.asynccontextmanager
+async def own_call(stack: Stack, **settings: Any) -> AsyncIterator[OwnCall]:
+    """The gateway's backends built from ``settings`` (pointed at the stack's memory and
+    generation) as the gateway builds them; closed on the way out."""
+    gateway_settings = GatewaySettings(
+        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
+        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
+        internal_token=TOKEN,
+        metrics_port=None,
+        **settings,
+    )
+    options = Options.resolve(
+        gw_pb.AskRequest(),
+        "",
+        ret_pb.GenerativeConfig(),
+        gateway_settings,
+        prefix="",
+        model_field="llm_model",
+    )
+    backends = Backends.build(gateway_settings)
+    alice = Identity("alice", "alice", Role.ADMIN)
+    try:
+        yield OwnCall(
+            backends, options, Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
+        )
+    finally:
+        await backends.clients.close()
 
 
 @pytest.fixture

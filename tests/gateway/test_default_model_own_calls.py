@@ -16,23 +16,18 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 
-from services.common.auth import Identity, Role, forwarded_identity
-from services.gateway.backends import Backends
-from services.gateway.clients import Caller
-from services.gateway.generator import Options
-from services.gateway.settings import GatewaySettings
 from services.gateway.summarizer import FoldJob
 from services.gateway.tokens import Estimate
 from tests.gateway.conftest import (
     ALICE,
     DIM,
-    TOKEN,
     WITH_BODY,
     Stack,
     StackFactory,
     books_search,
     create_books,
-    fake_provider,
+    model_checking_upstream_stack,
+    own_call,
 )
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
@@ -42,14 +37,7 @@ UNSERVED = "no-such-model"
 
 
 async def _stack(stack_factory: StackFactory, fake: FakeOpenAI) -> Stack:
-    # The endpoint checks the model itself (OpenAI's way), the gateway and generation
-    # cannot: check_models is off, as for an endpoint that adds models.
-    fake.reject_unknown_models = True
-    stack = await stack_factory(
-        provider=fake_provider(fake, check_models=False),
-        default_provider="fake",
-        default_model=UNSERVED,
-    )
+    stack = await model_checking_upstream_stack(stack_factory, fake, default_model=UNSERVED)
     # No generative defaults: nothing but the gateway's settings names the model.
     await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
     return stack
@@ -112,32 +100,11 @@ async def test_a_summary_fold_names_the_setting(
 ) -> None:
     stack = await _stack(stack_factory, fake)
     cid = await _conversation(stack, 4)
-    settings = GatewaySettings(
-        memory_addr=f"127.0.0.1:{stack.servers['memory'].port}",
-        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
-        internal_token=TOKEN,
-        metrics_port=None,
-        default_provider="fake",
-        default_model=UNSERVED,
-    )
     # The options of an Ask that named no model, as its turn queues them for the fold.
-    options = Options.resolve(
-        gw_pb.AskRequest(),
-        "",
-        ret_pb.GenerativeConfig(),
-        settings,
-        prefix="",
-        model_field="llm_model",
-    )
-    backends = Backends.build(settings)
-    alice = Identity("alice", "alice", Role.ADMIN)
-    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
-    job = FoldJob(caller, cid, 1, 10**6, options, 4096, Estimate())
-    try:
+    async with own_call(stack, default_provider="fake", default_model=UNSERVED) as own:
+        job = FoldJob(own.caller, cid, 1, 10**6, own.options, 4096, Estimate())
         with caplog.at_level(logging.WARNING, logger="gensearch"):
-            await backends.summarizer.fold(job)
-    finally:
-        await backends.clients.close()
+            await own.backends.summarizer.fold(job)
     folds = [r for r in caplog.records if r.getMessage() == "summary fold: generation failed"]
     assert [(r.reason, r.setting) for r in folds] == [("UNKNOWN_MODEL", SETTING)]  # type: ignore[attr-defined]
     assert not (

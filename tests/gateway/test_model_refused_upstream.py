@@ -17,38 +17,25 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.rpc import error_details_pb2
 
-from services.common.auth import Identity, Role, forwarded_identity
 from services.common.errors import InvalidArgument, ServiceError
-from services.gateway.backends import Backends
-from services.gateway.clients import Caller
 from services.gateway.clients.generation import CallerFields, caller_fields_refused
-from services.gateway.generator import Options, complete
-from services.gateway.settings import GatewaySettings
+from services.gateway.generator import complete
 from tests.gateway.conftest import (
     ALICE,
     DIM,
-    TOKEN,
     WITH_BODY,
     Stack,
     StackFactory,
     books_search,
     create_books,
-    fake_provider,
+    model_checking_upstream_stack,
+    own_call,
 )
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info
 
 UNSERVED = "no-such-model"
 SETTING = "GENSEARCH_GATEWAY_DEFAULT_MODEL"
-
-
-async def _stack(stack_factory: StackFactory, fake: FakeOpenAI, **settings: object) -> Stack:
-    # The endpoint checks the model itself (OpenAI's way); generation cannot
-    # (check_models off, as for an endpoint that adds models).
-    fake.reject_unknown_models = True
-    return await stack_factory(
-        provider=fake_provider(fake, check_models=False), default_provider="fake", **settings
-    )
 
 
 def _ask(**fields: object) -> gw_pb.AskRequest:
@@ -77,7 +64,7 @@ async def _ask_refusal(stack: Stack, ask: gw_pb.AskRequest) -> grpc.aio.AioRpcEr
 async def test_a_collections_stored_model_refused_upstream_is_the_collections(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:
-    stack = await _stack(stack_factory, fake)
+    stack = await model_checking_upstream_stack(stack_factory, fake)
     await create_books(
         stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fake", model=UNSERVED)
     )
@@ -98,7 +85,7 @@ async def test_a_collections_stored_model_refused_upstream_is_the_collections(
 async def test_a_requests_own_model_refused_upstream_is_the_requests(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:
-    stack = await _stack(stack_factory, fake)
+    stack = await model_checking_upstream_stack(stack_factory, fake)
     await create_books(stack, books=WITH_BODY)
     for error in await _hit_errors(stack, model=UNSERVED):
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -117,7 +104,7 @@ async def test_the_default_model_refused_at_the_callers_base_url_is_the_callers(
     # The caller's own endpoint (allowed by the operator) does not serve the default
     # model: the caller named the endpoint and can name a model; the operator's setting
     # is not at fault (ModelCatalog.check_choices skips its check for a caller's URL).
-    stack = await _stack(
+    stack = await model_checking_upstream_stack(
         stack_factory,
         fake,
         default_model=UNSERVED,
@@ -140,35 +127,16 @@ async def test_a_default_provider_generation_refuses_names_the_setting(
     # The branch the gateway's own check leaves to generation: a provider chosen while
     # ListModels could not answer. Generation's registry refuses it (UNKNOWN_PROVIDER on
     # its `provider`); the call names the gateway's setting instead.
-    stack = await _stack(stack_factory, fake)
-    settings = GatewaySettings(
-        generation_addr=f"127.0.0.1:{stack.servers['generation'].port}",
-        internal_token=TOKEN,
-        metrics_port=None,
-        default_provider="gone",
-    )
-    options = Options.resolve(
-        gw_pb.AskRequest(),
-        "",
-        ret_pb.GenerativeConfig(),
-        settings,
-        prefix="",
-        model_field="llm_model",
-    )
-    backends = Backends.build(settings)
-    alice = Identity("alice", "alice", Role.ADMIN)
-    caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
-    try:
+    stack = await model_checking_upstream_stack(stack_factory, fake)
+    async with own_call(stack, default_provider="gone") as own:
         with pytest.raises(ServiceError) as caught:
             await complete(
-                backends.clients.generation,
-                caller,
-                options,
+                own.backends.clients.generation,
+                own.caller,
+                own.options,
                 [gen_pb.Message(role=gen_pb.ROLE_USER, content="Which?")],
                 timeout=10,
             )
-    finally:
-        await backends.clients.close()
     err = caught.value
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION, err
     assert (err.reason, err.field) == ("UNKNOWN_PROVIDER", "provider")

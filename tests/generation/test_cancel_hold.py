@@ -33,11 +33,19 @@ def _limiter(hold: float) -> ProviderLimiter:
     )
 
 
-async def test_a_call_that_ends_hands_its_slot_on_at_once_whatever_the_hold() -> None:
-    limiter = _limiter(hold=10)
-    first = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
+async def _one_running_one_queued(
+    limiter: ProviderLimiter,
+) -> tuple[Permit, asyncio.Future[Permit]]:
+    """The one slot taken, and a call queued behind it (given the time to join the queue)."""
+    running = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
     queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
     await asyncio.sleep(0.05)
+    return running, queued
+
+
+async def test_a_call_that_ends_hands_its_slot_on_at_once_whatever_the_hold() -> None:
+    limiter = _limiter(hold=10)
+    first, queued = await _one_running_one_queued(limiter)
     assert not queued.done()  # the one slot is taken
     for outcome in ("ok", "failed", "overloaded"):
         await first.release(outcome=outcome)
@@ -53,9 +61,7 @@ async def test_a_call_that_ends_hands_its_slot_on_at_once_whatever_the_hold() ->
 
 async def test_a_cancelled_calls_slot_is_held_from_the_queue_then_comes_back() -> None:
     limiter = _limiter(hold=10)
-    first = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
-    queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
-    await asyncio.sleep(0.05)
+    first, queued = await _one_running_one_queued(limiter)
     await first.release(outcome="cancelled")
     await asyncio.sleep(0.2)
     assert not queued.done()  # held: the queue does not move
@@ -63,9 +69,7 @@ async def test_a_cancelled_calls_slot_is_held_from_the_queue_then_comes_back() -
     queued.cancel()  # its own cancellation arrives within the hold: it leaves unsent
 
     short = _limiter(hold=0.05)
-    first = await short.acquire(short.ticket(), 1, Deadline(60))
-    queued = asyncio.ensure_future(short.acquire(short.ticket(), 1, Deadline(60)))
-    await asyncio.sleep(0.05)
+    first, queued = await _one_running_one_queued(short)
     await first.release(outcome="cancelled")
     second = await asyncio.wait_for(queued, 30)  # the hold ended: the slot is back
     await second.release(outcome="ok")
@@ -85,9 +89,7 @@ async def test_a_held_slot_comes_back_at_once_when_nobody_waits_any_more() -> No
     """The queued call the hold waited for cancels itself: nobody waits, so a new call
     gets the slot at once, not after the hold (before, it waited the whole hold)."""
     limiter = _limiter(hold=10)
-    first = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
-    queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
-    await asyncio.sleep(0.05)
+    first, queued = await _one_running_one_queued(limiter)
     await first.release(outcome="cancelled")
     assert limiter.in_flight == 1  # held: a call waits
     queued.cancel()
@@ -120,9 +122,7 @@ async def test_closing_ends_the_holds_at_once() -> None:
     # (Ending a hold cancels its timer: a closed limiter's timer never fires to publish
     # the gauges of a closed service. Not read here: the loop's timers are private.)
     limiter = _limiter(hold=10)
-    first = await limiter.acquire(limiter.ticket(), 1, Deadline(60))
-    queued = asyncio.ensure_future(limiter.acquire(limiter.ticket(), 1, Deadline(60)))
-    await asyncio.sleep(0.05)
+    first, queued = await _one_running_one_queued(limiter)
     await first.release(outcome="cancelled")
     assert limiter.in_flight == 1
     limiter.close()
