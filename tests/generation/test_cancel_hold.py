@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.openai_api import OpenAIClients
 from services.common.redis_client import connect
@@ -63,10 +66,15 @@ async def test_a_cancelled_calls_slot_is_held_from_the_queue_then_comes_back() -
     limiter = _limiter(hold=10)
     first, queued = await _one_running_one_queued(limiter)
     await first.release(outcome="cancelled")
-    await asyncio.sleep(0.2)
-    assert not queued.done()  # held: the queue does not move
-    assert limiter.in_flight == 1
-    queued.cancel()  # its own cancellation arrives within the hold: it leaves unsent
+    # The queued call's own cancellation arrives a moment later, within the hold: a loop
+    # timer, so whatever the release woke runs first (a slot handed on at once is taken
+    # before it), and due long before the 10 s hold's. It must find the call still
+    # queued and take it out unsent.
+    asyncio.get_running_loop().call_later(0.1, queued.cancel)
+    (ended,) = await asyncio.gather(queued, return_exceptions=True)
+    assert isinstance(ended, asyncio.CancelledError), f"the held slot went to it: {ended!r}"
+    # Nobody waits any more: the hold ended with the queue.
+    assert limiter.in_flight == 0 and limiter.idle
 
     short = _limiter(hold=0.05)
     first, queued = await _one_running_one_queued(short)
@@ -137,27 +145,39 @@ async def test_closing_ends_the_holds_at_once() -> None:
     await third.release(outcome="ok")
 
 
+@dataclass
+class _Replicas:
+    """``count`` replicas' queues of one provider sharing its declared limits in Redis,
+    the releases the registry's close awaits, and what Redis counts in flight."""
+
+    queues: list[ProviderLimiter]
+    releases: Releases
+    redis: Any
+    flight_key: str
+
+    async def in_flight(self) -> set[str]:
+        """The ids of the calls the shared limits count in flight now."""
+        members = await self.redis.zrange(self.flight_key, 0, -1)
+        return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+
 @contextlib.asynccontextmanager
 async def _replicas(
     redis_server: RedisProcess, config: ProviderConfig, count: int
-) -> AsyncIterator[tuple[list[ProviderLimiter], Releases]]:
-    """``count`` replicas' queues of one provider, sharing its declared limits in Redis."""
+) -> AsyncIterator[_Replicas]:
     redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=5)
     releases = Releases()
     scope = scope_of(config.name, None)
+    limits = [
+        RedisLimits(redis, DeclaredLimits.of(config), key_prefix="hold", releases=releases)
+        for _ in range(count)
+    ]
     try:
-        yield (
-            [
-                ProviderLimiter(
-                    config,
-                    scope,
-                    RedisLimits(
-                        redis, DeclaredLimits.of(config), key_prefix="hold", releases=releases
-                    ),
-                )
-                for _ in range(count)
-            ],
+        yield _Replicas(
+            [ProviderLimiter(config, scope, shared) for shared in limits],
             releases,
+            redis,
+            limits[0].keys(scope)[2],
         )
     finally:
         await releases.settle(10)
@@ -180,15 +200,30 @@ async def test_a_held_slot_stays_taken_in_the_limits_every_replica_shares(
     """Two replicas, max_in_flight 2 shared in Redis, each replica's own cap the whole 2:
     a cancelled call's slot is held from both queues (before, it went back to Redis at
     once, and replica 1's own queued call took it within 0.5 s). When the hold ends, it
-    comes back to one of them."""
+    comes back to one of them, and only then."""
     config = unreached_provider(max_concurrency=2, max_in_flight=2, adaptive=False, cancel_hold=1.5)
-    async with _replicas(redis_server, config, 2) as (replicas, _):
+    async with _replicas(redis_server, config, 2) as shared:
+        replicas = shared.queues
         running, queued = await _queue_one_each(replicas)
+        loop = asyncio.get_running_loop()
+        granted_at: list[float] = []
+        for task in queued:
+            task.add_done_callback(lambda _: granted_at.append(loop.time()))
+        released_at = loop.time()
         await running[0].release(outcome="cancelled")
-        await asyncio.sleep(0.5)
-        assert not any(q.done() for q in queued), "a held slot went to a queued call"
+        # Held here and in the limits every replica shares (before, Redis had it back by
+        # now).
+        assert replicas[0].in_flight == 1
+        assert running[0].call_id in await shared.in_flight()
         done, pending = await asyncio.wait(queued, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1  # the hold ended: the slot is back, for one call
+        # Not before the hold's end: a lower bound the hold's own timer guarantees (a
+        # loaded machine only makes the grant later; a slot handed on was taken within
+        # a poll of the shared limits, 50 ms).
+        assert granted_at[0] >= released_at + config.cancel_hold - 0.01, (
+            "a held slot went to a queued call"
+        )
+        assert running[0].call_id not in await shared.in_flight()
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -200,12 +235,13 @@ async def test_a_replica_closing_gives_its_held_slots_back_to_every_replica(
     redis_server: RedisProcess,
 ) -> None:
     config = unreached_provider(max_concurrency=2, max_in_flight=2, adaptive=False, cancel_hold=10)
-    async with _replicas(redis_server, config, 2) as (replicas, releases):
+    async with _replicas(redis_server, config, 2) as shared:
+        replicas = shared.queues
         running, queued = await _queue_one_each(replicas)
         await running[0].release(outcome="cancelled")
         replicas[0].close()  # its hold ends: the slot back here and in Redis
         assert replicas[0].in_flight == 0
-        await releases.settle(10)  # what the registry's close awaits
+        await shared.releases.settle(10)  # what the registry's close awaits
         # A queued call gets the slot now, not when the 10 s hold would have ended.
         done, pending = await asyncio.wait(queued, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1
@@ -214,6 +250,15 @@ async def test_a_replica_closing_gives_its_held_slots_back_to_every_replica(
         await asyncio.gather(*pending, return_exceptions=True)
         await done.pop().result().release(outcome="ok")
         await running[1].release(outcome="ok")
+
+
+def _admissions(provider: str) -> float:
+    """The attempts the provider's limits admitted in this process (each observes its
+    queue wait once)."""
+    count = REGISTRY.get_sample_value(
+        "gensearch_llm_queue_wait_seconds_count", {"provider": provider}
+    )
+    return count or 0.0
 
 
 async def _read_one_chunk_then_block(
@@ -254,12 +299,16 @@ async def test_a_stream_cut_while_its_reader_is_blocked_holds_its_slot(
     await asyncio.sleep(0.1)
     limiter = provider.limiters.get(None)  # type: ignore[attr-defined]
     assert limiter.in_flight == 1 and not limiter.idle  # the second call waits
+    admitted = _admissions(config.name)
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
-    await asyncio.sleep(0.5)  # handed on at once, the queued call sent its request by now
-    assert len(fake.chat_requests) == 1, "the cut stream's slot went to the queued call"
-    assert limiter.in_flight == 1 and not queued.done()
+    # Whatever the cut's release woke has run by now (a slot handed on is taken before the
+    # reader's end reaches this test). The queued call's own cancellation arrives: it
+    # must find the call still queued, never admitted.
     queued.cancel()
-    await asyncio.gather(queued, return_exceptions=True)
+    (ended,) = await asyncio.gather(queued, return_exceptions=True)
+    assert isinstance(ended, asyncio.CancelledError), ended
+    assert _admissions(config.name) == admitted, "the cut stream's slot went to the queued call"
+    assert len(fake.chat_requests) == 1
+    assert limiter.in_flight == 0 and limiter.idle  # the hold ended with the queue
     await provider.close()
-    assert limiter.in_flight == 0
