@@ -394,6 +394,14 @@ class GenerationClient(ServiceClient):
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
 
 
+#: Generation's reasons for refusing which provider or model a call named (its registry's
+#: UNKNOWN_PROVIDER; its known-models check's and an upstream 404 model_not_found's
+#: UNKNOWN_MODEL): only these blame the gateway setting that chose the name. Its other
+#: refusals of ``model``/``provider`` are of the name's form (model_names.py): the
+#: field's (tests/gateway/test_model_refused_upstream.py lists them).
+WHICH_REFUSED = frozenset({"UNKNOWN_PROVIDER", "UNKNOWN_MODEL"})
+
+
 def caller_fields_refused(err: ServiceError, fields: CallerFields) -> ServiceError:
     """``err`` naming the caller's field when it is generation's refusal (INVALID_ARGUMENT)
     of a field of the request the gateway built: ``messages`` as ``fields.prompt``
@@ -418,15 +426,19 @@ def choice_refused(err: ServiceError, what: str, field: str | None, setting: str
     FAILED_PRECONDITION, ``refusal_at``), or, when a gateway ``setting`` chose it, that
     setting (``setting_at_fault``: FAILED_PRECONDITION, metadata ``setting``). Chiefly an
     upstream's own 404 model_not_found (an endpoint that does not check its models) and a
-    choice the gateway could not check while ListModels did not answer. Reason,
-    metadata, retry_after and details are kept, with ``service``: generation."""
+    choice the gateway could not check while ListModels did not answer. The setting is
+    blamed only for a refusal of WHICH provider or model (``WHICH_REFUSED``): a refusal of
+    the name's form (FIELD_TOO_LARGE past generation's own bound, spaces, control
+    characters) is the field's, its metadata ``setting`` the bound's variable, as the
+    gateway's own check words it (``ModelCatalog.check_choices``). Reason, metadata,
+    retry_after and details are kept, with ``service``: generation."""
     if field is None:
         return err
     # Prefixed with the caller's field (ServiceError), as generation's was with its own.
     said = err.message.removeprefix(f"{what}: ")
     renamed = (
         setting_at_fault(said, what, setting, field, err.reason)
-        if setting
+        if setting and err.reason in WHICH_REFUSED
         else refusal_at(field)(said, field=field, reason=err.reason)
     )
     renamed.metadata = {**err.metadata, **renamed.metadata, "service": "generation"}
