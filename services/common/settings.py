@@ -122,6 +122,11 @@ DEFAULT_MAX_PROMPT_CHARS = 32_768
 # default of retrieval's MAX_QUERY_TEXT_CHARS and MAX_RERANK_QUERY_CHARS, and of the
 # gateway's ASK_SEARCH_TEXT_CHARS (how much of an Ask's question it searches with).
 MAX_QUERY_TEXT = 16_384
+# The largest answer a semantic cache entry holds (bytes of the serialized AskResponse):
+# retrieval's bound (GENSEARCH_RETRIEVAL_MAX_CACHED_ANSWER_BYTES) and the gateway's, which
+# skips storing a larger one rather than send it to be refused
+# (GENSEARCH_GATEWAY_SEMANTIC_CACHE_MAX_ANSWER_BYTES): one default for both.
+MAX_CACHED_ANSWER_BYTES = 1_048_576
 
 # Bytes of replies a server holds for all tenants at once (max_reply_bytes_in_flight):
 # with the other terms of docs/operations.md#process-memory, the smallest container limit

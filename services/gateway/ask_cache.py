@@ -179,12 +179,27 @@ class SemanticAnswers:
         # What belongs to this call only: its spending, its debug prompt.
         for name in (*THIS_CALL, "prompt", "conversation_id", "interaction_id"):
             kept.ClearField(name)
+        answer = kept.SerializeToString()
+        limit = self._b.settings.semantic_cache_max_answer_bytes
+        if len(answer) > limit:
+            # Larger than retrieval keeps (an answer carries its hits' properties: a
+            # writer's large objects make large entries): not sent only to be refused.
+            SEMANTIC_STORES.labels("too_large").inc()
+            log.info(
+                "semantic cache store skipped: the answer is larger than an entry holds",
+                extra={
+                    "answer_bytes": len(answer),
+                    "limit": limit,
+                    "setting": "GENSEARCH_GATEWAY_SEMANTIC_CACHE_MAX_ANSWER_BYTES",
+                },
+            )
+            return
         ttl = duration_pb2.Duration()
         ttl.FromNanoseconds(int(plan.policy.ttl * 1e9))
         store = ret_pb.StoreCachedAnswerRequest(
             collection=request.collection,
             question=request.llm_question,
-            answer=kept.SerializeToString(),
+            answer=answer,
             ttl=ttl,
             context_key=plan.key,
             sources=_sources(sources),

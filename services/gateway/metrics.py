@@ -28,7 +28,8 @@ CACHE_LOOKUPS = Counter(
 SEMANTIC_STORES = Counter(
     "gensearch_gateway_semantic_cache_stores_total",
     "Semantic answer cache stores, made after the answer: stored, failed, refused (the "
-    "entry too large), dropped (queue full or stopping).",
+    "entry too large for retrieval), too_large (not sent: the answer past the gateway's "
+    "semantic_cache_max_answer_bytes), dropped (queue full or stopping).",
     ["outcome"],
 )
 SUMMARY_FOLDS = Counter(

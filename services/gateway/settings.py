@@ -21,6 +21,7 @@ from services.common.schema_settings import SchemaBoundSettings
 from services.common.settings import (
     DEFAULT_MAX_FALLBACKS,
     DEFAULT_MAX_PROMPT_CHARS,
+    MAX_CACHED_ANSWER_BYTES,
     MAX_CONCURRENCY,
     MAX_FALLBACKS,
     MAX_PER_MINUTE,
@@ -298,6 +299,13 @@ class GatewaySettings(SchemaBoundSettings):
     # MAX_CACHED_QUESTION_CHARS, which refuses a longer one: each such Ask then counted a
     # lookup error and a failed store and logged two WARNINGs, at any caller's will.
     semantic_cache_max_question_chars: int = Field(default=8000, ge=100, le=MAX_SIZE_BYTES)
+    # Largest answer (bytes of the AskResponse stored, its hits' properties included) the
+    # semantic cache stores: a larger one is not sent. Keep it at most retrieval's
+    # MAX_CACHED_ANSWER_BYTES, which refuses a larger one: each such store sent 1-4 MiB
+    # to retrieval only to be refused there.
+    semantic_cache_max_answer_bytes: int = Field(
+        default=MAX_CACHED_ANSWER_BYTES, ge=1024, le=MAX_SIZE_BYTES
+    )
     # Semantic cache stores run after the answer, in the background: stores waiting at
     # most (beyond: dropped and counted), the workers that make them, how long one store
     # may take once a worker makes it, and how long the waiting ones get at shutdown

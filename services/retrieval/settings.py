@@ -14,6 +14,7 @@ from services.common.api_keys import header_value_problem
 from services.common.egress import MAX_URL, MAX_URL_BOUND, EgressPolicy, UrlRefused, canonical_url
 from services.common.model_names import MAX_MODEL_CHARS, model_name_setting, model_setting_too_long
 from services.common.settings import (
+    MAX_CACHED_ANSWER_BYTES,
     MAX_QUERY_TEXT,
     MAX_SIZE_BYTES,
     MAX_TTL_SECONDS,
@@ -264,7 +265,9 @@ class RetrievalSettings(DownstreamSettings):
     # The semantic answer cache (LookupCachedAnswer / StoreCachedAnswer, answer_cache.py):
     # the longest question and answer an entry holds, and the longest an entry may live.
     max_cached_question_chars: int = Field(default=8000, ge=100, le=MAX_SIZE_BYTES)
-    max_cached_answer_bytes: int = Field(default=1_048_576, ge=1024, le=MAX_SIZE_BYTES)
+    max_cached_answer_bytes: int = Field(
+        default=MAX_CACHED_ANSWER_BYTES, ge=1024, le=MAX_SIZE_BYTES
+    )
     max_cached_answer_ttl: float = Field(default=30 * 86400.0, gt=0, le=MAX_TTL_SECONDS)
     # Live entries one collection's answer cache holds: at this, a store first deletes the
     # expired entries, then is RESOURCE_EXHAUSTED (COLLECTION_FULL) if still full (the

@@ -264,6 +264,7 @@ def test_the_services_settings_agree_with_each_other(
     assert gateway.ask_search_text_chars <= retrieval.max_query_text_chars
     assert gateway.ask_search_text_chars <= retrieval.max_rerank_query_chars
     assert gateway.semantic_cache_max_question_chars <= retrieval.max_cached_question_chars
+    assert gateway.semantic_cache_max_answer_bytes <= retrieval.max_cached_answer_bytes
     behind = {"memory": memory, "retrieval": retrieval, "generation": generation}
     for name, downstream in behind.items():
         # The gateway adds headers when it forwards a call.

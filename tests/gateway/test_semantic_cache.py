@@ -28,6 +28,7 @@ from tests.gateway.conftest import (
     Stack,
     StackFactory,
     create_books,
+    retrieval_calls,
     vector,
 )
 from tests.gateway.test_rerank_and_chunks import CHUNKS, create_docs, zebra_ask
@@ -564,25 +565,31 @@ async def test_a_question_too_long_for_the_cache_is_no_cache_failure(
     assert (await asked(sem, ask(Q1), metadata=ALICE)).cached
 
 
-async def test_an_answer_too_large_for_the_cache_is_refused_not_failed(
+async def test_an_answer_too_large_for_the_cache_is_not_sent_to_retrieval(
     stack_factory: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A writer's object of 1.2 MB, shown as a hit (the prompt reads only its title): the
-    answer with its hits is more than retrieval's cache keeps (MAX_CACHED_ANSWER_BYTES,
-    1 MiB), so its store is refused. That is the entry's size, not a cache in trouble:
-    counted ``refused`` and said at INFO. Before, every such Ask counted a ``failed``
-    store and logged a WARNING, a broken cache's signs, at any writer's will."""
+    answer with its hits is more than the cache keeps (MAX_CACHED_ANSWER_BYTES, 1 MiB,
+    the gateway's SEMANTIC_CACHE_MAX_ANSWER_BYTES as retrieval's). The gateway does not
+    store it: no StoreCachedAnswer reaches retrieval, counted ``too_large`` and said once
+    at INFO (not the question), and the answer is returned as before. Before, the 1.2 MB
+    entry was sent to retrieval only to be refused there (``refused``)."""
     stack = await stack_factory(shared={"api_keys": KEYS})
     big = {"title": "Dune", "body": "desert " * 180_000, "year": 1965, "tags": ["sf"]}
     await create_books(stack, books=[big], metadata=ALICE)
-    failed, refused = stores("failed"), stores("refused")
+    failed, refused, too_large = stores("failed"), stores("refused"), stores("too_large")
+    sent = retrieval_calls("StoreCachedAnswer")
     question = ask(Q1, context_field_list=["title"])
     with caplog.at_level("INFO", logger="gensearch.gateway"):
         answered = await asked(stack, question, metadata=ALICE)
     assert answered.answer and len(answered.hits[0].properties["body"]) > 10**6
-    assert stores("failed") == failed and stores("refused") == refused + 1
+    assert retrieval_calls("StoreCachedAnswer") == sent  # nothing sent to be refused
+    assert stores("too_large") == too_large + 1
+    assert (stores("failed"), stores("refused")) == (failed, refused)
     said = [r for r in caplog.records if "semantic cache store" in r.getMessage()]
     assert [r.levelname for r in said] == ["INFO"]
+    assert Q1 not in said[0].getMessage() and Q1 not in str(said[0].__dict__)
+    assert said[0].setting == "GENSEARCH_GATEWAY_SEMANTIC_CACHE_MAX_ANSWER_BYTES"  # type: ignore[attr-defined]
     assert not (await asked(stack, question, metadata=ALICE)).cached  # nothing was kept
 
 
@@ -593,8 +600,12 @@ async def test_an_entry_larger_than_retrieval_takes_a_request_is_refused_not_fai
     asked by a client that takes replies that large: the store request is refused by
     retrieval's request bound (RESOURCE_EXHAUSTED / REQUEST_TOO_LARGE) before its answer's
     own bound is read. The entry's size all the same: counted ``refused`` at INFO. Before,
-    ``failed`` with a WARNING on every such Ask."""
-    stack = await stack_factory(shared={"api_keys": KEYS})
+    ``failed`` with a WARNING on every such Ask. (The gateway's own bound, set past
+    retrieval's here, would not send it: the two set apart, retrieval's refusal is still
+    the entry's size.)"""
+    stack = await stack_factory(
+        shared={"api_keys": KEYS}, semantic_cache_max_answer_bytes=64 * 1024 * 1024
+    )
     big = {"title": "Dune", "body": "desert " * 700_000, "year": 1965, "tags": ["sf"]}
     await create_books(stack, books=[big], metadata=ALICE)
     channel = grpc.aio.insecure_channel(
