@@ -53,6 +53,9 @@ class Plan:
     # Where answers are checked against ``schema``: one thread, tenants in turn.
     checks: FairExecutor
     schema: OutputSchema | None = None
+    # ``fallback_index`` of each pair skipped for this call, its limits unable to hold it
+    # (planning.py): named on the error when the last pair kept fails.
+    skipped: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,9 @@ async def generate(plan: Plan) -> Answer:
 
 
 async def _generate(plan: Plan, calls: Calls) -> Answer:
-    target, done = await fallback.complete(plan.chain, plan.deadline, plan.share, calls)
+    target, done = await fallback.complete(
+        plan.chain, plan.deadline, plan.share, calls, plan.skipped
+    )
     if plan.schema is None:
         return Answer(target, done)
     value, why = await _check(plan, done.text)
@@ -206,7 +211,7 @@ def _cut_charged(calls: Calls) -> ServiceError | None:
 async def _stream(plan: Plan, calls: Calls) -> AsyncGenerator[Event, None]:
     first: tuple[Target, Completion] | None = None
     parts: list[str] = []
-    chain = fallback.stream(plan.chain, plan.deadline, plan.share, calls)
+    chain = fallback.stream(plan.chain, plan.deadline, plan.share, calls, plan.skipped)
     async with contextlib.aclosing(chain) as it:
         async for target, chunk in it:
             if chunk.final is not None:

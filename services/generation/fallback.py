@@ -47,6 +47,9 @@ from services.generation.providers.base import (
 
 log = logging.getLogger("gensearch.generation.fallback")
 
+#: ErrorInfo metadata: the ``fallback_index`` of each pair skipped for the call, "1,2".
+SKIPPED_FALLBACKS = "skipped_fallbacks"
+
 FALLBACK_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -116,11 +119,24 @@ def _moving_on(target: Target, err: ServiceError) -> None:
     )
 
 
+def _chain_ended(err: ServiceError, skipped: Sequence[int]) -> None:
+    """``err`` of the last pair kept, naming the pairs skipped for the call (their
+    ``fallback_index``, ErrorInfo metadata ``skipped_fallbacks``): a caller whose insurance
+    was never tried is told so, not handed the bare failure of the pair before them."""
+    if skipped:
+        err.metadata[SKIPPED_FALLBACKS] = ",".join(str(index) for index in skipped)
+
+
 async def complete(
-    chain: Sequence[Target], deadline: Deadline, share: float, calls: Calls
+    chain: Sequence[Target],
+    deadline: Deadline,
+    share: float,
+    calls: Calls,
+    skipped: Sequence[int] = (),
 ) -> tuple[Target, Completion]:
-    """The first pair's completion that succeeds; the last error when none does. Every
-    pair's attempts are added to ``calls``."""
+    """The first pair's completion that succeeds; the last error when none does (naming
+    the ``skipped`` pairs when it is the last pair's). Every pair's attempts are added to
+    ``calls``."""
     for position, target in enumerate(chain):
         last = position == len(chain) - 1
         try:
@@ -129,6 +145,8 @@ async def complete(
             )
         except ServiceError as err:
             calls.failed(err)
+            if last:
+                _chain_ended(err, skipped)
             if last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)
@@ -139,11 +157,16 @@ async def complete(
 
 
 async def stream(
-    chain: Sequence[Target], deadline: Deadline, share: float, calls: Calls
+    chain: Sequence[Target],
+    deadline: Deadline,
+    share: float,
+    calls: Calls,
+    skipped: Sequence[int] = (),
 ) -> AsyncGenerator[tuple[Target, StreamChunk], None]:
     """The first pair's stream that gets going: a pair failing before its first text
-    delta gives way to the next; after it, its error is the stream's. Every pair's
-    attempts are added to ``calls`` (the answering pair's when its final chunk comes)."""
+    delta gives way to the next; after it, its error is the stream's. The last pair's
+    failure before text names the ``skipped`` pairs. Every pair's attempts are added to
+    ``calls`` (the answering pair's when its final chunk comes)."""
     for position, target in enumerate(chain):
         last = position == len(chain) - 1
         sent = False
@@ -163,6 +186,8 @@ async def stream(
             return
         except ServiceError as err:
             calls.failed(err)
+            if last and not sent:
+                _chain_ended(err, skipped)
             if sent or last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)

@@ -78,6 +78,13 @@ FALLBACKS = Counter(
     "failed and the status it failed with.",
     ["provider", "status"],
 )
+FALLBACK_SKIPS = Counter(
+    "gensearch_llm_fallback_skips_total",
+    "Pairs of a call's chain (the primary included) skipped when the call was planned, "
+    "their limits unable to hold it, by provider and reason (CONTEXT_WINDOW_EXCEEDED, "
+    "PROVIDER_TOKEN_LIMIT_EXCEEDED).",
+    ["provider", "reason"],
+)
 INVALID_OUTPUTS = Counter(
     "gensearch_llm_invalid_outputs_total",
     "Answers that did not match the request's JSON schema, by provider and whether it was "

@@ -22,9 +22,10 @@ from services.common.upstream_retry import Deadline, exchange_seconds
 from services.generation.answering import Plan
 from services.generation.fallback import Target
 from services.generation.keys import request_key, resolve_key
+from services.generation.metrics import FALLBACK_SKIPS
+from services.generation.providers.base import CompletionRequest
 from services.generation.registry import ProviderRegistry
 from services.generation.validation import (
-    CONTEXT_WINDOW_EXCEEDED,
     MAX_MODEL_CHARS_SETTING,
     Limits,
     build_request,
@@ -83,9 +84,10 @@ class Planner:
             check_models=not base_url,
         )
         primary_refusal = limit_refusal(request, provider.config)
-        if primary_refusal is not None and _own_max_tokens_past_window(primary_refusal):
-            # The caller's own max_tokens is wrong for the model it named first: refused
-            # whatever the chain (a fallback that could take it would hide the mistake).
+        if primary_refusal is not None and _callers_own_max_tokens(primary_refusal, request):
+            # The caller's own max_tokens is wrong for the model it named first (past its
+            # window or its token budget): refused whatever the chain (a fallback that
+            # could take it would hide the mistake).
             raise primary_refusal
         chain = [Target(0, provider, request)]
         refusals: list[InvalidArgument | None] = [primary_refusal]
@@ -129,8 +131,10 @@ class Planner:
         # on it (a wait for the provider's limits, an upstream that does not answer) is
         # told so while the caller still listens, not left to the chassis' generic cut or
         # the caller's own bare DEADLINE_EXCEEDED.
+        kept, skipped = _pairs_that_hold(chain, refusals)
         return Plan(
-            chain=_pairs_that_hold(chain, refusals),
+            chain=kept,
+            skipped=skipped,
             deadline=Deadline(exchange_seconds(time_remaining, self.default_timeout)),
             share=self.fallback_share,
             checks=self.answer_checks,
@@ -138,25 +142,36 @@ class Planner:
         )
 
 
-def _own_max_tokens_past_window(refusal: InvalidArgument) -> bool:
-    return refusal.field == "max_tokens" and refusal.reason == CONTEXT_WINDOW_EXCEEDED
+def _callers_own_max_tokens(refusal: InvalidArgument, request: CompletionRequest) -> bool:
+    """A refusal of the max_tokens the caller sent, for any reason (the window, the token
+    budget). A provider's own default max_tokens (``request.max_tokens`` None) is no
+    argument of the caller's: a pair refused for it stays skippable."""
+    return refusal.field == "max_tokens" and request.max_tokens is not None
 
 
-def _pairs_that_hold(chain: list[Target], refusals: list[InvalidArgument | None]) -> list[Target]:
-    """The pairs whose limits can take the request (``refusals[i]`` None), in order: a
-    pair that cannot is skipped, never sent the prompt, so the chain stays the caller's
-    insurance (before, one small-window fallback refused the whole request). With no pair
-    left, the primary's refusal, as when the chain had none. Nothing is sent to a skipped
-    pair, so it adds no attempt or upstream call; ``fallback_index`` names the pair that
-    answered."""
+def _pairs_that_hold(
+    chain: list[Target], refusals: list[InvalidArgument | None]
+) -> tuple[list[Target], tuple[int, ...]]:
+    """The pairs whose limits can take the request (``refusals[i]`` None), in order, and
+    the ``fallback_index`` of each pair skipped: a pair that cannot is never sent the
+    prompt, so the chain stays the caller's insurance (before, one small-window fallback
+    refused the whole request). With no pair left, the primary's refusal, as when the
+    chain had none. Nothing is sent to a skipped pair, so it adds no attempt or upstream
+    call; ``fallback_index`` names the pair that answered."""
     kept = [target for target, why in zip(chain, refusals, strict=True) if why is None]
     primary_refusal = refusals[0]
     if not kept:
         assert primary_refusal is not None
         raise primary_refusal
+    skipped: list[int] = []
     for target, why in zip(chain, refusals, strict=True):
         if why is not None:
-            log.info(
+            skipped.append(target.index)
+            # Counted and logged when planned, whether or not the call would have reached
+            # the pair: a count an operator can read, at DEBUG so that a search of 100
+            # hits does not log 100 lines for one chain.
+            FALLBACK_SKIPS.labels(target.provider.name, why.reason).inc()
+            log.debug(
                 "skipping a provider/model that cannot hold the request",
                 extra={
                     "provider": target.provider.name,
@@ -165,7 +180,7 @@ def _pairs_that_hold(chain: list[Target], refusals: list[InvalidArgument | None]
                     "reason": why.reason,
                 },
             )
-    return kept
+    return kept, tuple(skipped)
 
 
 def _check_repeat(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 
@@ -23,6 +24,7 @@ from tests.gateway.conftest import (
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.rpc import error_info
 
 # ~500 tokens by the generation service's estimate: past a window of 100 (with its 1.25
 # slack), within the primary's (none declared) and the big pair's.
@@ -145,3 +147,43 @@ async def test_hits_too_long_for_the_primary_go_to_the_first_pair_that_holds_the
     assert [r.error.reason for r in results if r.HasField("error")] == []
     assert {(r.provider, r.model, r.fallback_index) for r in results} == {("big", "b-model", 1)}
     assert fake.chat_requests == []
+
+
+async def test_a_hits_error_names_the_fallback_pairs_skipped(
+    three: Stack, small: FakeOpenAI
+) -> None:
+    """Every hit's prompt is too long for "small", and the primary fails: each hit's error
+    carries generation's ErrorInfo metadata ``skipped_fallbacks`` (the pairs' fallback_index)
+    through the gateway. Failed before: a plain UNAVAILABLE, the skip untold."""
+    three.fake.by_model["down"] = Behaviour.error(503)
+    response = await three.stub.GenerativeSearch(
+        books_search(
+            single_prompt=LONG + " {title}",
+            model="down",
+            fallback=[gen_pb.ModelChoice(provider="small")],
+        ),
+        metadata=ALICE,
+    )
+    errors = [h.generation.error for h in response.hits]
+    assert errors and all(e.status == "UNAVAILABLE" for e in errors)
+    assert {e.metadata["skipped_fallbacks"] for e in errors} == {"1"}
+    assert small.chat_requests == []
+
+
+async def test_an_asks_error_names_the_fallback_pairs_skipped(
+    three: Stack, small: FakeOpenAI
+) -> None:
+    """As a hit's: Ask's answer failing on the primary, "small" skipped for its prompt."""
+    three.fake.by_model["down"] = Behaviour.error(503)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await three.stub.Ask(
+            books_ask(
+                llm_model="down",
+                user_instructions=LONG,
+                fallback=[gen_pb.ModelChoice(provider="small")],
+            ),
+            metadata=ALICE,
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).metadata["skipped_fallbacks"] == "1"
+    assert small.chat_requests == []

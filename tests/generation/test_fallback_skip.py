@@ -6,12 +6,14 @@ small context window refused the whole call, even when the primary could answer 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from prometheus_client import REGISTRY
 
 from tests.generation.conftest import Service, StartService, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
@@ -181,3 +183,114 @@ async def test_max_tokens_past_the_primarys_window_is_refused_whatever_the_chain
     assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "max_tokens")
     assert (info.metadata["provider"], info.metadata["context_window"]) == ("fake", "512")
     assert fake.chat_requests == [] and big.chat_requests == []
+
+
+def _budget_primary(fake: FakeOpenAI, big: FakeOpenAI, **fields: Any) -> list[dict[str, object]]:
+    """The primary with a token budget of 1000 a minute (counted reserved) and no window;
+    "big" without one."""
+    return [
+        fake_provider(fake, tokens_per_minute=1000, **fields),
+        fake_provider(big, name="big", default_model="b-model", context_window=8192),
+    ]
+
+
+async def test_max_tokens_past_the_primarys_token_budget_is_refused_whatever_the_chain(
+    fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """Decided: the caller's own max_tokens refused by the primary for any reason, its
+    token budget as its window, is the caller's argument. Failed before: the primary was
+    skipped and "big" answered."""
+    svc = await start_service(_budget_primary(fake, big))
+    big.reply = "from the big one"
+    request = pb.GenerateRequest(
+        messages=[user("hi")], max_tokens=5000, fallback=[pb.ModelChoice(provider="big")]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("PROVIDER_TOKEN_LIMIT_EXCEEDED", "max_tokens")
+    assert info.metadata["provider"] == "fake"
+    assert fake.chat_requests == [] and big.chat_requests == []
+
+
+async def test_a_primary_whose_own_default_max_tokens_breaks_its_budget_is_skipped(
+    fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """The provider's own default max_tokens is no argument of the caller's: the primary
+    is skipped for it, as for a prompt too long (a guard)."""
+    svc = await start_service(_budget_primary(fake, big, max_tokens=5000))
+    big.reply = "from the big one"
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(messages=[user("hi")], fallback=[pb.ModelChoice(provider="big")]),
+        timeout=10,
+    )
+    assert (reply.text, reply.fallback_index) == ("from the big one", 1)
+    assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_the_last_pair_kept_failing_names_the_pairs_skipped(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """The caller is told its fallback pairs were never tried: ErrorInfo metadata
+    ``skipped_fallbacks`` (their fallback_index). Failed before: a plain UNAVAILABLE."""
+    svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
+    fake.by_model["fake-model"] = Behaviour.error(503)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _answer(
+            svc, stream, messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).metadata["skipped_fallbacks"] == "1"
+    assert small.chat_requests == []
+
+
+async def test_a_failure_with_no_pair_skipped_names_none(
+    fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    # A guard: the metadata says only what was skipped.
+    svc = await start_service(
+        [fake_provider(fake), fake_provider(big, name="big", default_model="b-model")],
+        retry_max_attempts=1,
+    )
+    fake.by_model["fake-model"] = Behaviour.error(503)
+    big.by_model["b-model"] = Behaviour.error(503)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user("hi")], fallback=[pb.ModelChoice(provider="big")]),
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "skipped_fallbacks" not in error_info(caught.value).metadata
+
+
+def _skips_counted(provider: str, reason: str) -> float:
+    labels = {"provider": provider, "reason": reason}
+    return REGISTRY.get_sample_value("gensearch_llm_fallback_skips_total", labels) or 0.0
+
+
+async def test_a_skip_is_counted_and_logged_at_debug(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Counted when planned (gensearch_llm_fallback_skips_total), logged at DEBUG: a search
+    of 100 hits does not log 100 lines at INFO. Failed before: logged at INFO, no metric."""
+    svc = await start_service(_providers(fake, small, big))
+    fake.reply = "from the primary"
+    counted = _skips_counted("small", "CONTEXT_WINDOW_EXCEEDED")
+    with caplog.at_level(logging.DEBUG, logger="gensearch.generation.planning"):
+        reply = await svc.stub.Generate(
+            pb.GenerateRequest(messages=[user(LONG)], fallback=CHAIN), timeout=10
+        )
+    assert reply.fallback_index == 0
+    assert _skips_counted("small", "CONTEXT_WINDOW_EXCEEDED") == counted + 1
+    skips = [r for r in caplog.records if r.getMessage().startswith("skipping a provider")]
+    assert [(r.levelno, getattr(r, "provider", None)) for r in skips] == [(logging.DEBUG, "small")]
