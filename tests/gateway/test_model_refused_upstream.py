@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
 from services.gateway.clients.generation import (
-    WHICH_REFUSED,
+    BOUND_SETTING,
     CallerFields,
     caller_fields_refused,
 )
@@ -148,15 +148,15 @@ async def test_a_default_provider_generation_refuses_names_the_setting(
     assert "GENSEARCH_GATEWAY_DEFAULT_PROVIDER" in str(err)
 
 
-async def test_a_default_model_too_long_for_generation_is_the_bounds_not_the_settings(
+async def test_a_default_model_too_long_for_generation_is_the_settings_fault(
     stack_factory: StackFactory, fake: FakeOpenAI
 ) -> None:
     # Generation's bound on a model name is lower than the gateway's: the default model
     # passes the gateway's check and generation refuses its form (FIELD_TOO_LARGE, the
-    # bound's variable in metadata ``setting``). That is no refusal of WHICH model: named
-    # as the field the caller can set, the bound's variable kept, as the gateway's own
-    # check names a name too long. Before, it was blamed on the gateway's default model
-    # setting (FAILED_PRECONDITION, ``setting`` overwritten with it, "correct the setting").
+    # bound's variable in metadata ``setting``). The caller sent no model: the operator's
+    # setting is at fault (FAILED_PRECONDITION, ``setting`` the gateway's, the bound's
+    # variable kept as ``bound_setting``). Failed before: INVALID_ARGUMENT on the
+    # caller's model field, blaming every caller that sent none.
     long_name = "a-model-name-past-generations-bound"
     stack = await model_checking_upstream_stack(
         stack_factory,
@@ -166,45 +166,68 @@ async def test_a_default_model_too_long_for_generation_is_the_bounds_not_the_set
     )
     await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
     refused = await _ask_refusal(stack, _ask())
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused
+    info = error_info(refused)
+    assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "llm_model")
+    assert info.metadata["setting"] == SETTING
+    assert info.metadata[BOUND_SETTING] == "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
+    assert info.metadata["max_chars"] == "12"
+    assert SETTING in (refused.details() or "")
+    for error in await _hit_errors(stack):
+        assert error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert (error.reason, error.metadata["field"]) == ("FIELD_TOO_LARGE", "generate.model")
+        assert error.metadata["setting"] == SETTING
+        assert error.metadata[BOUND_SETTING] == "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
+    assert not fake.chat_requests  # generation's own check, before any call
+
+
+async def test_a_too_long_model_the_caller_named_stays_the_callers(
+    stack_factory: StackFactory, fake: FakeOpenAI
+) -> None:
+    # The same bound, the name sent by the caller: its own argument (a guard).
+    stack = await model_checking_upstream_stack(
+        stack_factory, fake, generation_settings={"max_model_chars": 12}
+    )
+    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    refused = await _ask_refusal(stack, _ask(llm_model="a-model-name-past-generations-bound"))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, refused
     info = error_info(refused)
     assert (info.reason, info.metadata["field"]) == ("FIELD_TOO_LARGE", "llm_model")
     assert info.metadata["setting"] == "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
-    assert info.metadata["max_chars"] == "12"
-    assert SETTING not in (refused.details() or "")
-    for error in await _hit_errors(stack):
-        assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert (error.reason, error.metadata["field"]) == ("FIELD_TOO_LARGE", "generate.model")
-        assert error.metadata["setting"] == "GENSEARCH_GENERATION_MAX_MODEL_CHARS"
-    assert not fake.chat_requests  # generation's own check, before any call
+    assert BOUND_SETTING not in info.metadata
 
 
-def test_only_a_refusal_of_which_model_or_provider_blames_the_setting() -> None:
-    # The reasons generation gives on ``model``/``provider`` today: UNKNOWN_MODEL
-    # (validation.check_model, upstream.py's 404 model_not_found), UNKNOWN_PROVIDER
-    # (registry.get), FIELD_TOO_LARGE and the bare INVALID_ARGUMENT (model_names.py: too
-    # long, only spaces, control characters). Only the first two say which name is wrong.
-    assert {"UNKNOWN_MODEL", "UNKNOWN_PROVIDER"} == WHICH_REFUSED
-    fields = CallerFields(model="llm_model", model_setting=SETTING)
-    for reason, blamed in (
-        ("UNKNOWN_MODEL", SETTING),
-        ("FIELD_TOO_LARGE", "GENSEARCH_GENERATION_MAX_MODEL_CHARS"),
-        ("INVALID_ARGUMENT", None),  # only spaces, control characters
-    ):
-        metadata = (
-            {"setting": "GENSEARCH_GENERATION_MAX_MODEL_CHARS"}
-            if reason == "FIELD_TOO_LARGE"
-            else {}
-        )
-        err = InvalidArgument("model: refused", field="model", reason=reason, metadata=metadata)
-        renamed = caller_fields_refused(err, fields)
-        assert renamed.field == "llm_model" and renamed.reason == reason
-        assert renamed.metadata.get("setting") == blamed
-        assert renamed.code == (
-            grpc.StatusCode.FAILED_PRECONDITION
-            if blamed == SETTING
-            else grpc.StatusCode.INVALID_ARGUMENT
-        )
+# Generation's reasons on ``model``/``provider``: which name (UNKNOWN_MODEL,
+# UNKNOWN_PROVIDER) and the name's form (FIELD_TOO_LARGE with the bound's ``setting``;
+# a bare INVALID_ARGUMENT for only spaces or control characters).
+REFUSALS = {
+    "UNKNOWN_MODEL": {},
+    "UNKNOWN_PROVIDER": {},
+    "FIELD_TOO_LARGE": {"setting": "GENSEARCH_GENERATION_MAX_MODEL_CHARS", "max_chars": "12"},
+    "INVALID_ARGUMENT": {},
+}
+
+
+@pytest.mark.parametrize("reason", REFUSALS)
+def test_a_name_the_setting_chose_is_the_operators_whatever_the_reason(reason: str) -> None:
+    metadata = REFUSALS[reason]
+    err = InvalidArgument("model: refused", field="model", reason=reason, metadata=metadata)
+    renamed = caller_fields_refused(err, CallerFields(model="llm_model", model_setting=SETTING))
+    assert renamed.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (renamed.field, renamed.reason) == ("llm_model", reason)
+    assert renamed.metadata["setting"] == SETTING
+    assert renamed.metadata.get(BOUND_SETTING) == metadata.get("setting")
+
+
+@pytest.mark.parametrize("reason", REFUSALS)
+def test_a_name_the_caller_sent_is_the_callers_whatever_the_reason(reason: str) -> None:
+    metadata = REFUSALS[reason]
+    err = InvalidArgument("model: refused", field="model", reason=reason, metadata=metadata)
+    renamed = caller_fields_refused(err, CallerFields(model="llm_model"))
+    assert renamed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (renamed.field, renamed.reason) == ("llm_model", reason)
+    assert renamed.metadata.get("setting") == metadata.get("setting")
+    assert BOUND_SETTING not in renamed.metadata
 
 
 def test_the_renamed_refusal_keeps_retry_after_and_details() -> None:

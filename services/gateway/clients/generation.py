@@ -394,12 +394,9 @@ class GenerationClient(ServiceClient):
         return await self.unary("ListModels", gen_pb.ListModelsRequest(), caller, timeout)
 
 
-#: Generation's reasons for refusing which provider or model a call named (its registry's
-#: UNKNOWN_PROVIDER; its known-models check's and an upstream 404 model_not_found's
-#: UNKNOWN_MODEL): only these blame the gateway setting that chose the name. Its other
-#: refusals of ``model``/``provider`` are of the name's form (model_names.py): the
-#: field's (tests/gateway/test_model_refused_upstream.py lists them).
-WHICH_REFUSED = frozenset({"UNKNOWN_PROVIDER", "UNKNOWN_MODEL"})
+#: ErrorInfo metadata of a refused name a gateway setting chose: the variable of the bound
+#: generation held it to (its own ``setting``; ``setting`` then names the gateway's).
+BOUND_SETTING = "bound_setting"
 
 
 def caller_fields_refused(err: ServiceError, fields: CallerFields) -> ServiceError:
@@ -426,22 +423,26 @@ def choice_refused(err: ServiceError, what: str, field: str | None, setting: str
     FAILED_PRECONDITION, ``refusal_at``), or, when a gateway ``setting`` chose it, that
     setting (``setting_at_fault``: FAILED_PRECONDITION, metadata ``setting``). Chiefly an
     upstream's own 404 model_not_found (an endpoint that does not check its models) and a
-    choice the gateway could not check while ListModels did not answer. The setting is
-    blamed only for a refusal of WHICH provider or model (``WHICH_REFUSED``): a refusal of
-    the name's form (FIELD_TOO_LARGE past generation's own bound, spaces, control
-    characters) is the field's, its metadata ``setting`` the bound's variable, as the
-    gateway's own check words it (``ModelCatalog.check_choices``). Reason, metadata,
-    retry_after and details are kept, with ``service``: generation."""
+    choice the gateway could not check while ListModels did not answer. A name the setting
+    chose is the operator's whatever generation's reason, which (or the name's form: too
+    long for generation's own bound, spaces, control characters): the caller sent no name
+    and can only work around it. A variable generation named as the bound it broke
+    (metadata ``setting``, e.g. GENSEARCH_GENERATION_MAX_MODEL_CHARS) is kept as
+    ``bound_setting``. Reason, metadata, retry_after and details are kept, with
+    ``service``: generation."""
     if field is None:
         return err
     # Prefixed with the caller's field (ServiceError), as generation's was with its own.
     said = err.message.removeprefix(f"{what}: ")
-    renamed = (
-        setting_at_fault(said, what, setting, field, err.reason)
-        if setting and err.reason in WHICH_REFUSED
-        else refusal_at(field)(said, field=field, reason=err.reason)
-    )
-    renamed.metadata = {**err.metadata, **renamed.metadata, "service": "generation"}
+    metadata = dict(err.metadata)
+    if setting:
+        renamed: ServiceError = setting_at_fault(said, what, setting, field, err.reason)
+        bound = metadata.pop("setting", None)
+        if bound is not None:
+            metadata[BOUND_SETTING] = bound
+    else:
+        renamed = refusal_at(field)(said, field=field, reason=err.reason)
+    renamed.metadata = {**metadata, **renamed.metadata, "service": "generation"}
     renamed.retry_after = err.retry_after
     renamed.details = err.details
     return renamed
