@@ -5,7 +5,6 @@ can hold it. Before, such a pair refused the whole request."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -24,24 +23,13 @@ from tests.gateway.conftest import (
     fake_provider,
 )
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.fallback_fakes import big_fake_fixture, small_fake_fixture  # noqa: F401
 from tests.support.rpc import error_info
 
 # ~500 tokens by the generation service's estimate: past a window of 100 (with its 1.25
 # slack), within the primary's (none declared) and the big pair's.
 LONG = "w" * 2000
 CHAIN = [gen_pb.ModelChoice(provider="small"), gen_pb.ModelChoice(provider="big")]
-
-
-@pytest.fixture
-async def small() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def big() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 @pytest.fixture

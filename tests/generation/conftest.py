@@ -158,6 +158,19 @@ def user(text: str) -> pb.Message:
     return pb.Message(role=pb.ROLE_USER, content=text)
 
 
+async def answer(
+    svc: Service, stream: bool, **fields: Any
+) -> tuple[str, pb.GenerateResponse | pb.StreamGenerateResponse]:
+    """The text and the reply (a stream's last message) of Generate or StreamGenerate."""
+    if not stream:
+        reply = await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=10)
+        return reply.text, reply
+    events = [
+        e async for e in svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=10)
+    ]
+    return "".join(e.delta for e in events), events[-1]
+
+
 @pytest.fixture(scope="session")
 def local_llm_url() -> Iterator[str]:
     """The real llama-server with SmolLM2, started once per session.

@@ -13,7 +13,7 @@ import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
 from prometheus_client import REGISTRY
 
-from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.generation.conftest import StartService, answer, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 from tests.support.rpc import error_info
 
@@ -72,19 +72,6 @@ AT_ONCE: dict[str, tuple[Callable[[], Behaviour], dict[str, Any], str]] = {
 }
 
 
-async def _answer(
-    svc: Service, stream: bool, **fields: Any
-) -> tuple[str, pb.GenerateResponse | pb.StreamGenerateResponse]:
-    """The text and the reply (a stream's last message) of Generate or StreamGenerate."""
-    if not stream:
-        reply = await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=10)
-        return reply.text, reply
-    events = [
-        e async for e in svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=10)
-    ]
-    return "".join(e.delta for e in events), events[-1]
-
-
 def _fallbacks_counted(status: str) -> float:
     labels = {"provider": "fake", "status": status}
     return REGISTRY.get_sample_value("gensearch_llm_fallbacks_total", labels) or 0.0
@@ -105,7 +92,7 @@ async def test_a_5xx_timeout_or_reset_moves_to_the_next_pair_without_a_retry(
     fake.enqueue_for_model("fake-model", behaviour())
     fake2.reply = "from the backup"
     counted = _fallbacks_counted(status)
-    text, reply = await _answer(
+    text, reply = await answer(
         svc, stream, messages=[user("hi")], fallback=[pb.ModelChoice(provider="backup")]
     )
     assert text == "from the backup"
@@ -126,7 +113,7 @@ async def test_the_last_pair_of_a_chain_keeps_its_retries(
     fake.enqueue_for_model("fake-model", Behaviour.error(500))
     fake2.enqueue_for_model("b-model", Behaviour.error(502))
     fake2.reply = "from the backup"
-    text, reply = await _answer(
+    text, reply = await answer(
         svc, stream, messages=[user("hi")], fallback=[pb.ModelChoice(provider="backup")]
     )
     assert text == "from the backup"
@@ -143,7 +130,7 @@ async def test_without_a_chain_a_5xx_is_retried_on_the_same_provider(
     svc = await start_service([fake_provider(fake)])
     fake.enqueue(Behaviour.error(500))
     fake.reply = "after a retry"
-    text, reply = await _answer(svc, stream, messages=[user("hi")])
+    text, reply = await answer(svc, stream, messages=[user("hi")])
     assert text == "after a retry"
     assert (reply.provider, reply.fallback_index) == ("fake", 0)
     assert models_called(fake) == ["fake-model", "fake-model"]
@@ -216,6 +203,8 @@ async def test_the_last_pairs_error_is_returned_when_all_fail(
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).metadata["provider"] == "backup"
+    # Nothing was skipped: the error names no skipped pair (skipped_fallbacks).
+    assert "skipped_fallbacks" not in error_info(caught.value).metadata
 
 
 async def test_stream_falls_back_before_the_first_token(

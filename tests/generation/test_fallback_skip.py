@@ -7,33 +7,22 @@ small context window refused the whole call, even when the primary could answer 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from gensearch.generation.v1 import generation_service_pb2 as pb
+from google.rpc import error_details_pb2
 from prometheus_client import REGISTRY
 
-from tests.generation.conftest import Service, StartService, fake_provider, user
+from tests.generation.conftest import Service, StartService, answer, fake_provider, user
 from tests.support.fake_openai import Behaviour, FakeOpenAI
+from tests.support.fallback_fakes import big_fake_fixture, small_fake_fixture  # noqa: F401
 from tests.support.rpc import error_info
 
 # ~500 tokens by the shared estimate: past a window of 100 (with its 1.25 slack), well
 # within one of 4096.
 LONG = "w" * 2000
-
-
-@pytest.fixture
-async def small() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def big() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 def _providers(
@@ -49,17 +38,13 @@ def _providers(
 CHAIN = [pb.ModelChoice(provider="small"), pb.ModelChoice(provider="big")]
 
 
-async def _answer(
-    svc: Service, stream: bool, **fields: Any
-) -> tuple[str, pb.GenerateResponse | pb.StreamGenerateResponse]:
-    """The text and the reply (a stream's last message) of Generate or StreamGenerate."""
-    if not stream:
-        reply = await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=10)
-        return reply.text, reply
-    events = [
-        e async for e in svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=10)
-    ]
-    return "".join(e.delta for e in events), events[-1]
+@pytest.fixture
+async def small_primary(
+    fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> Service:
+    """The service whose primary, like "small", has a window of 100 tokens: too small
+    for ``LONG``."""
+    return await start_service(_providers(fake, small, big, primary_window=100))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
@@ -74,7 +59,7 @@ async def test_a_failing_primary_falls_back_past_a_pair_too_small_for_the_prompt
     svc = await start_service(_providers(fake, small, big))
     fake.enqueue_for_model("fake-model", Behaviour.error(503))
     big.reply = "from the big one"
-    text, reply = await _answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
+    text, reply = await answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
     assert text == "from the big one"
     assert (reply.provider, reply.model, reply.fallback_index) == ("big", "b-model", 2)
     assert small.chat_requests == []
@@ -113,17 +98,13 @@ async def test_a_primary_that_answers_is_not_refused_for_a_small_fallback(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_a_primary_too_small_for_the_prompt_goes_to_the_first_pair_that_holds_it(
-    fake: FakeOpenAI,
-    small: FakeOpenAI,
-    big: FakeOpenAI,
-    start_service: StartService,
-    stream: bool,
+    small_primary: Service, fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, stream: bool
 ) -> None:
     """Decided: the call goes straight to the first pair that can hold it; the reply's
     provider, model and fallback_index name it. Failed before: the primary's refusal."""
-    svc = await start_service(_providers(fake, small, big, primary_window=100))
+    svc = small_primary
     big.reply = "from the big one"
-    text, reply = await _answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
+    text, reply = await answer(svc, stream, messages=[user(LONG)], fallback=CHAIN)
     assert text == "from the big one"
     assert (reply.provider, reply.model, reply.fallback_index) == ("big", "b-model", 2)
     assert fake.chat_requests == [] and small.chat_requests == []
@@ -148,16 +129,12 @@ async def test_the_last_pair_that_holds_the_prompt_keeps_its_retries(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_no_pair_that_holds_the_prompt_is_the_primarys_refusal(
-    fake: FakeOpenAI,
-    small: FakeOpenAI,
-    big: FakeOpenAI,
-    start_service: StartService,
-    stream: bool,
+    small_primary: Service, fake: FakeOpenAI, small: FakeOpenAI, stream: bool
 ) -> None:
     """As before the skip: refused before any call, naming the prompt (the primary's)."""
-    svc = await start_service(_providers(fake, small, big, primary_window=100))
+    svc = small_primary
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _answer(
+        await answer(
             svc, stream, messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -167,19 +144,25 @@ async def test_no_pair_that_holds_the_prompt_is_the_primarys_refusal(
     assert fake.chat_requests == [] and small.chat_requests == []
 
 
+async def _max_tokens_refused(svc: Service, max_tokens: int) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a Generate with ``max_tokens`` and a chain of "big", which must be
+    refused INVALID_ARGUMENT."""
+    request = pb.GenerateRequest(
+        messages=[user("hi")], max_tokens=max_tokens, fallback=[pb.ModelChoice(provider="big")]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await svc.stub.Generate(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return error_info(caught.value)
+
+
 async def test_max_tokens_past_the_primarys_window_is_refused_whatever_the_chain(
     fake: FakeOpenAI, small: FakeOpenAI, big: FakeOpenAI, start_service: StartService
 ) -> None:
     """Decided: the caller's own max_tokens is wrong for the model it named first, even
     when a fallback pair could take it (a guard: so it was before)."""
     svc = await start_service(_providers(fake, small, big, primary_window=512))
-    request = pb.GenerateRequest(
-        messages=[user("hi")], max_tokens=1000, fallback=[pb.ModelChoice(provider="big")]
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await svc.stub.Generate(request, timeout=5)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
+    info = await _max_tokens_refused(svc, 1000)
     assert (info.reason, info.metadata["field"]) == ("CONTEXT_WINDOW_EXCEEDED", "max_tokens")
     assert (info.metadata["provider"], info.metadata["context_window"]) == ("fake", "512")
     assert fake.chat_requests == [] and big.chat_requests == []
@@ -202,13 +185,7 @@ async def test_max_tokens_past_the_primarys_token_budget_is_refused_whatever_the
     skipped and "big" answered."""
     svc = await start_service(_budget_primary(fake, big))
     big.reply = "from the big one"
-    request = pb.GenerateRequest(
-        messages=[user("hi")], max_tokens=5000, fallback=[pb.ModelChoice(provider="big")]
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await svc.stub.Generate(request, timeout=5)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info = error_info(caught.value)
+    info = await _max_tokens_refused(svc, 5000)
     assert (info.reason, info.metadata["field"]) == ("PROVIDER_TOKEN_LIMIT_EXCEEDED", "max_tokens")
     assert info.metadata["provider"] == "fake"
     assert fake.chat_requests == [] and big.chat_requests == []
@@ -242,31 +219,12 @@ async def test_the_last_pair_kept_failing_names_the_pairs_skipped(
     svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
     fake.by_model["fake-model"] = Behaviour.error(503)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _answer(
+        await answer(
             svc, stream, messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).metadata["skipped_fallbacks"] == "1"
     assert small.chat_requests == []
-
-
-async def test_a_failure_with_no_pair_skipped_names_none(
-    fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
-) -> None:
-    # A guard: the metadata says only what was skipped.
-    svc = await start_service(
-        [fake_provider(fake), fake_provider(big, name="big", default_model="b-model")],
-        retry_max_attempts=1,
-    )
-    fake.by_model["fake-model"] = Behaviour.error(503)
-    big.by_model["b-model"] = Behaviour.error(503)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await svc.stub.Generate(
-            pb.GenerateRequest(messages=[user("hi")], fallback=[pb.ModelChoice(provider="big")]),
-            timeout=10,
-        )
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "skipped_fallbacks" not in error_info(caught.value).metadata
 
 
 def _skips_counted(provider: str, reason: str) -> float:
