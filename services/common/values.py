@@ -37,6 +37,8 @@ DEFAULT_MAX_DEPTH = 32
 _KEY_CHARS = 64
 
 Node = struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue
+# Kinds of value that are never refused (a Value with no kind may be: ``kind_required``).
+_NOTHING_TO_CHECK = frozenset({"string_value", "bool_value", "null_value"})
 
 
 def check_value(
@@ -60,6 +62,13 @@ def check_value(
     while open_:
         entries, path = open_[-1]
         for label, child in entries:
+            # Most values are leaves with nothing to check: read their kind here, not in a
+            # call per value (a 3.7 MB request holds ~930,000 of them).
+            kind = child.WhichOneof("kind")
+            if kind in _NOTHING_TO_CHECK or (
+                kind == "number_value" and math.isfinite(child.number_value)
+            ):
+                continue
             inner = _container(child, path, kind_required, label)
             if inner is not None:
                 inner_path = _path(path, label)

@@ -9,14 +9,13 @@ hit ends with its own result or its own error. The request's checks live in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format
 from opentelemetry import trace
 
 from services.common.call_deadline import outlasting
@@ -41,6 +40,7 @@ from services.gateway.generation_cache import Policy, Scope
 from services.gateway.generative_request import SearchLike
 from services.gateway.generator import Options, Spent, add_usage, complete, error_result
 from services.gateway.grouped import grouped_prompt
+from services.gateway.hit_properties import HitProperties
 from services.gateway.metrics import FANOUT_SIZE, GENERATIONS
 from services.gateway.settings import GatewaySettings
 from services.gateway.templates import Template
@@ -331,12 +331,14 @@ class GenerativeSearch:
         caller: Caller,
         failed: dict[int, HitError] | None = None,
         expansion: chunks.Expansion | None = None,
+        properties: Sequence[Mapping[str, Any]] | None = None,
     ) -> Plan:
         """The generation plan over ``hits`` (found by a search, or named by the caller:
         ``named_objects``), templates already checked (``single``: the parsed
         ``generate.single_prompt``, if any). ``failed`` hits (objects not found)
         keep their error, get no call and stay out of the grouped prompt. ``info`` is None
-        for inline objects without a collection."""
+        for inline objects without a collection. ``properties``: each hit's, as read
+        already (inline objects' type check), if they were."""
         g = generate
         s = self._b.settings
         loop = asyncio.get_running_loop()
@@ -366,12 +368,16 @@ class GenerativeSearch:
         key_of = (
             None if policy.mode is generation_cache.Mode.BYPASS else cache.keys_for(scope, options)
         )
-        properties = [json_format.MessageToDict(hit.properties) for hit in plan.hits]
+        # Each value converted when a prompt first reads it: a template names a few
+        # properties, and the rest (inline objects may hold ~930,000 values) were all
+        # converted for nothing (hit_properties).
+        if properties is None:
+            properties = [HitProperties(hit.properties) for hit in plan.hits]
         if expansion is not None:
             # Each hit's prompt sees its passage; the grouped prompt, the passages.
             plan.passages = expansion.protos()
             properties = [
-                dict(expansion.hit_properties(hit.id) or props)
+                expansion.hit_properties(hit.id) or props
                 for hit, props in zip(plan.hits, properties, strict=True)
             ]
 
@@ -448,6 +454,7 @@ class GenerativeSearch:
         if g.grouped_task:
             # Only what the caller asked to see: not the extras fetched for the templates.
             only = list(g.grouped_properties) or return_properties
+            present: list[Mapping[str, Any]]
             if expansion is not None:
                 present = [p.properties for p in expansion.passages]
             else:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from services.common.errors import InvalidArgument, MissingField, NotFound, out_of_range
 from services.common.property_types import ObjectInvalid, coerce_value
@@ -44,6 +45,7 @@ from services.gateway.generative import (
     respond,
     stream_events,
 )
+from services.gateway.hit_properties import HitProperties
 
 ObjectsLike = gw_pb.GenerateOnObjectsRequest | gw_pb.StreamGenerateOnObjectsRequest
 
@@ -113,11 +115,15 @@ class NamedObjects:
                 request.return_properties, info.properties, field="return_properties"
             )
         failed: dict[int, HitError] = {}
+        # Inline objects' values as the prompts read them, converted at most once: the
+        # type check below and the templates share them.
+        read: list[HitProperties] | None = None
         if kind == "ids":
             assert info is not None
             hits = await self._fetch(request.collection, ids, caller, call_remaining, failed)
         else:
             hits = [ret_pb.Hit(properties=obj) for obj in request.inline.objects]
+            read = [HitProperties(obj) for obj in request.inline.objects]
             if info is None:
                 # No schema: the objects' own property names are what templates may name.
                 names = {name for obj in request.inline.objects for name in obj.fields}
@@ -149,8 +155,13 @@ class NamedObjects:
                                 reason="UNKNOWN_PROPERTY",
                                 metadata=suggestion,
                             )
+                        # A null is no value, as UpsertObjects stores it; so is a Value with
+                        # no kind set, which UpsertObjects reads as null and skips too (it
+                        # was refused here as "got an object").
+                        if obj.fields[name].WhichOneof("kind") in ("null_value", None):
+                            continue
                         path = f"inline.objects[{i}].{name[:64]}"
-                        _check_type(info.properties[name], obj.fields[name], path)
+                        _check_type(info.properties[name], read[i][name], path)
         return await self._search.build(
             hits=hits,
             info=info,
@@ -161,6 +172,7 @@ class NamedObjects:
             call_deadline=call_deadline,
             caller=caller,
             failed=failed,
+            properties=read,
         )
 
     def _check_inline(self, obj: struct_pb2.Struct, field: str) -> None:
@@ -209,18 +221,15 @@ class NamedObjects:
         return hits
 
 
-def _check_type(data_type: int, value: struct_pb2.Value, path: str) -> None:
-    """WRONG_TYPE naming ``path`` for a value the collection would not store in a property
-    of ``data_type`` (UpsertObjects' own rule: ``property_types.coerce_value``): a text
-    property given the number 5 was taken and rendered "5.0" into the prompt. An int past
-    2^53 is refused too: the Struct's double may not be the integer the client meant. A
-    null is no value, as UpsertObjects stores it; so is a Value with no kind set, which
-    UpsertObjects reads as null and skips too (it was refused here as "got an object").
-    The value's depth and size were checked before (``_check_inline``)."""
-    if value.WhichOneof("kind") in ("null_value", None):
-        return
+def _check_type(data_type: int, value: Any, path: str) -> None:
+    """WRONG_TYPE naming ``path`` for a value (converted from its Struct: ``HitProperties``,
+    not null) the collection would not store in a property of ``data_type``
+    (UpsertObjects' own rule: ``property_types.coerce_value``): a text property given the
+    number 5 was taken and rendered "5.0" into the prompt. An int past 2^53 is refused
+    too: the Struct's double may not be the integer the client meant. The value's depth
+    and size were checked before (``_check_inline``)."""
     try:
-        coerce_value(data_type, json_format.MessageToDict(value), path)
+        coerce_value(data_type, value, path)
     except ObjectInvalid as err:
         # The message starts with the field (as the unknown property's does), once; the
         # field is the element of a text array that is not text (``tags[1]``), if one is.

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from services.common.property_types import ObjectInvalid, coerce_value
 from services.common.suggest import MAX_KNOWN
@@ -494,3 +494,69 @@ async def test_inline_objects_naming_many_properties_are_refused_at_a_bounded_co
             metadata=ALICE,
         )
     assert error_info(caught.value).metadata["suggestion"] == "titel"
+
+
+def _values_in(converted: Any) -> int:
+    """The protobuf Values a ``json_format`` result holds (a container's elements too)."""
+    if isinstance(converted, dict):
+        return sum(1 + _values_in(v) for v in converted.values())
+    if isinstance(converted, list):
+        return sum(1 + _values_in(v) for v in converted)
+    return 0
+
+
+@pytest.fixture
+def values_converted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The Values protobuf's ``json_format.MessageToDict`` converts to Python, one entry a
+    call, for every caller in the process (the gateway's, wherever it converts)."""
+    counted: list[int] = []
+    convert = json_format.MessageToDict
+
+    def counting(message: Any, *args: Any, **kwargs: Any) -> Any:
+        converted = convert(message, *args, **kwargs)
+        if isinstance(message, struct_pb2.Value):
+            counted.append(1 + _values_in(converted))
+        elif isinstance(message, struct_pb2.Struct | struct_pb2.ListValue):
+            counted.append(_values_in(converted))
+        return converted
+
+    monkeypatch.setattr(json_format, "MessageToDict", counting)
+    return counted
+
+
+async def test_inline_values_no_template_reads_are_never_converted(
+    stack: Stack, values_converted: list[int]
+) -> None:
+    """Every hit's whole properties were converted to Python before the prompts were
+    rendered, values no template reads included: 60 objects of a 15,500-boolean list
+    (3.7 MB, within the bounds) held the gateway's event loop ~0.6 s for that alone. Now
+    a value is converted when a prompt first reads it, once for both prompts."""
+    objects = [{"name": f"o{i}", "flags": [True] * 1_000} for i in range(3)]
+    request = inline(
+        objects,
+        single_prompt="About {name}",
+        grouped_task="Sum",
+        grouped_properties=["name"],
+        debug=True,
+    )
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert [h.generation.result for h in response.hits] == ["About o0", "About o1", "About o2"]
+    assert response.grouped.prompt.endswith("[3]\nname: o2")
+    assert len(response.hits[2].hit.properties.fields["flags"].list_value.values) == 1_000
+    # The three names, each once (3,006 before: every value, flags included).
+    assert sum(values_converted) == 3, values_converted
+
+
+async def test_inline_values_checked_against_a_collection_are_converted_once(
+    stack: Stack, values_converted: list[int]
+) -> None:
+    """With a collection, each value was converted for its type check, then again, with
+    every other, for the prompts: each value twice. Now the prompts read the check's."""
+    await create_books(stack)
+    objects = [{"title": f"T{i}", "tags": ["a"] * 500} for i in range(2)]
+    request = inline(objects, single_prompt="{title}: {tags}")
+    request.collection = "Books"
+    values_converted.clear()  # create_books' own writes
+    response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
+    assert response.hits[1].generation.result.startswith('T1: ["a", "a"')
+    assert sum(values_converted) == 2 * (1 + 1 + 500), values_converted  # 2,008 before
