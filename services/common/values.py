@@ -65,8 +65,10 @@ def check_value(
             # Most values are leaves with nothing to check: read their kind here, not in a
             # call per value (a 3.7 MB request holds ~930,000 of them).
             kind = child.WhichOneof("kind")
-            if kind in _NOTHING_TO_CHECK or (
-                kind == "number_value" and math.isfinite(child.number_value)
+            if (
+                kind in _NOTHING_TO_CHECK
+                or (kind == "number_value" and math.isfinite(child.number_value))
+                or (kind is None and not kind_required)
             ):
                 continue
             inner = _container(child, path, kind_required, label)

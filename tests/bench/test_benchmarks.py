@@ -157,3 +157,11 @@ async def test_rss_measures_every_service_under_each_load_with_bounds_and_withou
     figures = {f.name: f for f in parse_figures(text)}
     assert figures["UpsertObjects retrieval defaults peak RSS"].value > 0
     assert figures["CreateInteraction memory lifted peak RSS"].unit == "MiB"
+
+
+async def test_inline_objects_reports_the_call_and_the_loops_longest_turn() -> None:
+    text = await run_bench("inline_objects", "--runs", "1", "--objects", "3", "--values", "50")
+    assert "3 objects x 50 booleans" in text, text
+    assert "whole call, median of 1:" in text and "longest loop turn, median of 1:" in text
+    text = await run_bench("inline_objects", "--runs", "1", "--objects", "2", "--empty")
+    assert "kind-less Values" in text, text
