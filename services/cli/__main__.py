@@ -31,10 +31,35 @@ from services.cli.client import (
     seconds,
 )
 from services.cli.output import PrintableStream, printable
+from services.common import suggest
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 # A long option as a help text writes it: "--near-text", "--llm-key".
 _LONG_OPTION = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+
+
+# argparse's refusal of a value that is not one of an argument's choices (a subcommand,
+# `--vectorizer`): "invalid choice: 'colections' (choose from 'up', 'status', …)". Newer
+# Pythons write the choices without quotes, so both are read.
+_INVALID_CHOICE = re.compile(
+    r"invalid choice: (?P<value>'[^']*'|\S+) \(choose from (?P<choices>.*)\)$"
+)
+
+
+def _suggest_choice(message: str) -> str:
+    """argparse's message with the closest choice named after the mistyped value, as a
+    mistyped flag's is (`gensearch colections list` listed every command and left the
+    reader to spot the one meant)."""
+    found = _INVALID_CHOICE.search(message)
+    if found is None:
+        return message
+    value = found["value"].strip("'")
+    choices = [choice.strip().strip("'") for choice in found["choices"].split(",")]
+    close = suggest.closest(value, choices)
+    if close is None:
+        return message
+    at = found.start("choices") - len("(choose from ")
+    return f"{message[:at]}(did you mean '{close}'?; choose from {found['choices']})"
 
 
 def version() -> str:
@@ -75,7 +100,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageMistake(self, message)
+        raise UsageMistake(self, _suggest_choice(message))
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
         argv = list(sys.argv[1:] if args is None else args)

@@ -78,3 +78,42 @@ def test_known_flags_reach_the_call(
     err = result.err
     assert result.code == 1, err  # parsed, then the call found no gateway
     assert err.startswith("error: UNAVAILABLE: cannot reach the gateway"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["colections", "list"],
+            "error: argument COMMAND: invalid choice: 'colections' (did you mean "
+            "'collections'?; choose from 'up', 'status', 'collections', 'import', 'search', "
+            "'generate', 'ask', 'conversations') (see: gensearch --help)",
+        ),
+        (
+            ["conversations", "lst"],
+            "error: argument ACTION: invalid choice: 'lst' (did you mean 'list'?; choose "
+            "from 'list', 'show', 'delete') (see: gensearch conversations --help)",
+        ),
+        (
+            ["collections", "create", "--name", "Books", "--vectorizer", "locl"],
+            "error: argument --vectorizer: invalid choice: 'locl' (did you mean 'local'?; "
+            "choose from 'local', 'none', 'openai') (see: gensearch collections create --help)",
+        ),
+        # Nothing close: argparse's message as it was.
+        (
+            ["xyzzy"],
+            "error: argument COMMAND: invalid choice: 'xyzzy' (choose from 'up', 'status', "
+            "'collections', 'import', 'search', 'generate', 'ask', 'conversations') "
+            "(see: gensearch --help)",
+        ),
+    ],
+)
+def test_a_mistyped_command_or_choice_names_the_one_meant(
+    argv: list[str], expected: str, cli_alone: CliAlone
+) -> None:
+    """A mistyped subcommand or choice got argparse's list of every choice, leaving the
+    reader to spot the one meant; a mistyped flag was already named with the nearest."""
+    result = cli_alone(argv)
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err == expected + "\n"
