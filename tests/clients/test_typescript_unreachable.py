@@ -12,6 +12,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 
 def test_health_at_a_closed_port_says_to_start_the_stack(node: str, typescript_build: Path) -> None:
     with socket.socket() as bound:  # refuses every connection while the test runs
@@ -30,3 +32,27 @@ def test_health_at_a_closed_port_says_to_start_the_stack(node: str, typescript_b
     assert line.startswith(f"UNAVAILABLE: cannot reach the gateway at {address}: "), line
     assert "is the stack up (`make run`)" in line and "GENSEARCH_ADDRESS" in line, line
     assert line.endswith(f"(connect ECONNREFUSED {address})"), line
+
+
+@pytest.mark.parametrize("program", ["example.js", "stream.js"])
+def test_an_example_at_a_closed_port_says_so_in_one_line(
+    program: str, node: str, typescript_build: Path
+) -> None:
+    """The examples await their calls at the top level: a failed call ended them with Node's
+    ~40-line dump of the ConnectError, whose text for a gateway not up was Node's "connect
+    ECONNREFUSED" alone. gatewayEnv.ts (which every program imports) now prints the call's
+    error as health.js does."""
+    with socket.socket() as bound:  # refuses every connection while the test runs
+        bound.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{bound.getsockname()[1]}"
+        env = {**os.environ, "GENSEARCH_ADDRESS": address, "GENSEARCH_API_KEY": ""}
+        proc = subprocess.run(
+            [node, str(typescript_build / program)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    line = proc.stderr.strip()
+    assert "\n" not in line, line
+    assert line.startswith(f"UNAVAILABLE: cannot reach the gateway at {address}: "), line
+    assert "is the stack up (`make run`)" in line, line
