@@ -35,6 +35,12 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     if len(head) > MAX_KNOWN:
         return None
     candidates = [k for k in head if k != name]
+    # The same name but for case first: difflib compares letters as they are, so a short
+    # name in the other case ("nu3" for "NU3", "id" for "ID") shares too few to be close.
+    folded = name.casefold()
+    for known_name in candidates:
+        if known_name.casefold() == folded:
+            return known_name
     found = difflib.get_close_matches(name, candidates, n=1, cutoff=_CUTOFF)
     return found[0] if found else None
 

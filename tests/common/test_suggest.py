@@ -35,3 +35,15 @@ def test_among_more_names_than_any_collection_holds_nothing_is_suggested() -> No
 
     assert closest("title", names()) is None
     assert read == MAX_KNOWN + 1
+
+
+def test_a_name_in_the_other_case_is_suggested_however_short() -> None:
+    # difflib compares letters as they are: "nu3" shares one of three with "NU3" (0.33,
+    # under the 0.6 cutoff), so `gensearch import -c nu3` suggested nothing while
+    # "pythonreference" got 'PythonReference'.
+    assert closest("nu3", ["NU3", "Books"]) == "NU3"
+    assert closest("ID", ["id", "title"]) == "id"
+    assert did_you_mean("books", ["Books", "Boots"]) == (
+        "; did you mean 'Books'?",
+        {"suggestion": "Books"},
+    )
