@@ -26,6 +26,7 @@ from services.cli.client import (
 )
 from services.cli.output import KEY_HINTS, dump_json, message_dict, table
 from services.cli.state import address_key
+from services.common import suggest
 
 # Service names each part registers with grpc.health.v1.
 GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -284,7 +285,11 @@ def parse_property(spec: str) -> rpb.Property:
     if not name:
         raise UsageError(f"--property {spec!r}: expected NAME:TYPE, e.g. title:text")
     if kind not in TYPES:
-        raise UsageError(f"--property {spec!r}: TYPE must be one of {', '.join(sorted(TYPES))}")
+        close = suggest.closest(kind, sorted(TYPES))
+        hint = f" (did you mean {name}:{close}?)" if close else ""
+        raise UsageError(
+            f"--property {spec!r}: TYPE must be one of {', '.join(sorted(TYPES))}{hint}"
+        )
     return rpb.Property(name=name, data_type=TYPES[kind])
 
 

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from services.cli import render, state
 from services.cli.client import Client, CliError, UsageError, int32, int64
 from services.cli.output import dump_json, inline_types, message_dict, note
+from services.common import suggest
 
 OPERATORS = {name.removeprefix("OPERATOR_").lower(): value for name, value in rpb.Operator.items()}
 GROUPS = ("all_of", "any_of", "none_of")
@@ -225,8 +226,12 @@ def _normalize_filter(value: Any) -> Any:
             if isinstance(op, str):
                 short = op.lower().removeprefix("operator_")
                 if short not in OPERATORS or short == "unspecified":
-                    known = ", ".join(n for n in OPERATORS if n != "unspecified")
-                    raise ValueError(f"unknown operator {op[:64]!r}: use one of {known}")
+                    names = [n for n in OPERATORS if n != "unspecified"]
+                    close = suggest.closest(short, names)
+                    hint = f" (did you mean {close}?)" if close else ""
+                    raise ValueError(
+                        f"unknown operator {op[:64]!r}{hint}: use one of {', '.join(names)}"
+                    )
                 cond["operator"] = rpb.Operator.Name(OPERATORS[short])
             out[key] = cond
         elif key in GROUPS or key in ("allOf", "anyOf", "noneOf"):

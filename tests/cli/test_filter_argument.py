@@ -27,3 +27,16 @@ def test_an_unknown_operator_lists_the_ones_there_are() -> None:
     nested = '{"any_of": [{"property": "year", "operator": "lt", "value": 1}]}'
     with pytest.raises(UsageError, match="unknown operator 'lt'"):
         parse_filter(nested)
+
+
+def test_a_mistyped_operator_names_the_closest() -> None:
+    # Before: the list alone, for the reader to find "less_than" in nine names.
+    for op in ("less_then", "OPERATOR_LESS_THEN"):
+        with pytest.raises(UsageError) as caught:
+            parse_filter(f'{{"property": "year", "operator": "{op}", "value": 1}}')
+        assert str(caught.value).startswith(
+            f"--filter: unknown operator '{op}' (did you mean less_than?): use one of equal, "
+        )
+    with pytest.raises(UsageError) as caught:  # nothing close: the list alone
+        parse_filter('{"property": "year", "operator": "bogus", "value": 1}')
+    assert "did you mean" not in str(caught.value)

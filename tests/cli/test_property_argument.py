@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as rpb
 
 from services.cli.__main__ import build_parser
 from services.cli.admin import parse_property
+from services.cli.client import UsageError
 
 
 def _create_help() -> str:
@@ -25,3 +27,14 @@ def test_a_property_without_a_type_is_text_and_the_help_says_so() -> None:
     text = _create_help()
     assert "--property NAME[:TYPE]" in text
     assert "default text" in text
+
+
+def test_a_mistyped_type_names_the_closest() -> None:
+    # Before: the list of types alone ("year:integer" is what many schemas write).
+    for spec, meant in (("year:integer", "year:int"), ("tags:txt", "tags:text")):
+        with pytest.raises(UsageError) as caught:
+            parse_property(spec)
+        assert str(caught.value).endswith(f"text_array (did you mean {meant}?)")
+    with pytest.raises(UsageError) as caught:  # nothing close: the list alone
+        parse_property("x:blob")
+    assert str(caught.value).endswith("text_array")
