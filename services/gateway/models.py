@@ -15,6 +15,7 @@ from services.common.errors import (
     quote,
 )
 from services.common.model_names import model_name_error
+from services.common.suggest import did_you_mean
 from services.common.values import check_chars
 from services.gateway.clients import Caller, GenerationClient
 from services.gateway.generator import Options
@@ -110,10 +111,16 @@ class ModelCatalog:
                         provider_field,
                         "UNKNOWN_PROVIDER",
                     )
+                # Provider names are matched lower-cased, so one is suggested as it is written
+                # ('olama' -> 'ollama'); the list is the operator's, shown to every caller.
+                hint, suggestion = did_you_mean(
+                    provider_name.strip().lower(), sorted(p.name for p in models.providers)
+                )
                 raise refusal_at(provider_field)(
-                    f"unknown provider {quote(provider_name)} (configured: {known})",
+                    f"unknown provider {quote(provider_name)} (configured: {known}){hint}",
                     field=provider_field,
                     reason="UNKNOWN_PROVIDER",
+                    metadata=suggestion,
                 )
             chosen = model or provider.default_model
             if provider.models_checked and not callers_url and chosen not in provider.models:

@@ -325,6 +325,33 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
     assert stack.fake.chat_requests == []
 
 
+async def test_a_mistyped_provider_names_the_closest(stack: Stack) -> None:
+    # Before: "unknown provider 'fakee' (configured: …)" alone, unlike a mistyped property
+    # or collection, which name the closest; a fallback pair's and a collection's too.
+    await create_books(stack, books=WITH_BODY)
+    for request, field in (
+        (books_search(single_prompt="About {title}", provider="Fakee"), "generate.provider"),
+        (
+            books_search(
+                single_prompt="About {title}",
+                fallback=[gen_pb.ModelChoice(provider="fakee", model="fake-model")],
+            ),
+            "generate.fallback[0].provider",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stack.stub.GenerativeSearch(request, metadata=ALICE)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"], info.metadata["suggestion"]) == (
+            "UNKNOWN_PROVIDER",
+            field,
+            "fake",
+        )
+        assert "did you mean 'fake'?" in (caught.value.details() or "")
+    assert stack.fake.chat_requests == []
+
+
 async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
     stack_factory: StackFactory,
 ) -> None:
