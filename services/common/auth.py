@@ -217,6 +217,17 @@ class Authenticator:
         taken (with a token, only the peer holding it may call)."""
         return not self._keys and not self._token
 
+    @property
+    def tenants(self) -> frozenset[str] | None:
+        """Every tenant a call may be served as, when this server knows them: its keys'
+        tenants, or ``default`` alone when it is open. None when it takes identities
+        forwarded by a peer holding the internal token (any tenant may come)."""
+        if self._token:
+            return None
+        if not self._keys:
+            return frozenset({DEFAULT_TENANT})
+        return frozenset(identity.tenant for identity in self._keys.values())
+
     def open_warning(self) -> str | None:
         """What to log at start when this server is open, naming the settings that close
         it; None when it is not."""

@@ -23,6 +23,9 @@ from __future__ import annotations
 from services.common.errors import ResourceExhausted
 
 REASON = "TOO_MANY_CONCURRENT_RPCS"
+# Both refusals share the reason; metadata ``scope`` tells a client which one it met
+# without reading ``setting``: ``server`` (every slot taken: back off, any tenant) or
+# ``tenant`` (the caller's own share: its other calls are what hold it).
 
 
 class CallSlots:
@@ -53,7 +56,7 @@ class CallSlots:
                 f"the server is serving its limit of {self.limit} calls at once "
                 f"({self.setting}); retry shortly",
                 reason=REASON,
-                metadata={"limit": str(self.limit), "setting": self.setting},
+                metadata={"limit": str(self.limit), "setting": self.setting, "scope": "server"},
             )
         self._in_flight += 1
 
@@ -74,7 +77,11 @@ class CallSlots:
                 f"the caller's tenant already has its share of {self.per_tenant} calls at "
                 f"once on this server ({self.per_tenant_setting}); retry shortly",
                 reason=REASON,
-                metadata={"limit": str(self.per_tenant), "setting": self.per_tenant_setting},
+                metadata={
+                    "limit": str(self.per_tenant),
+                    "setting": self.per_tenant_setting,
+                    "scope": "tenant",
+                },
             )
         self._tenants[tenant] = held + 1
 

@@ -215,7 +215,7 @@ def _too_many(limit: int, what: str, setting: str, instead: str = "") -> Resourc
         f"the server has its limit of {limit} {what} streams open ({setting}); "
         f"{instead + ', or ' if instead else ''}retry later",
         reason=CALL_SLOTS_REASON,
-        metadata={"limit": str(limit), "setting": setting},
+        metadata={"limit": str(limit), "setting": setting, "scope": "server"},
     )
 
 
@@ -404,6 +404,21 @@ class BindError(RuntimeError):
         self.where, self.problem, self.variables, self.metrics = where, problem, variables, metrics
 
 
+def tenant_share(share: int, authenticator: Authenticator) -> tuple[int, str | None]:
+    """The tenant's share of the call slots this server holds to, and why a share the
+    settings ask for is off (None when it is not). A share only tells tenants apart: where
+    every caller is one tenant (an open server: all are ``default``; keys of one tenant)
+    it would refuse that tenant's calls below the server's own limit, for no one."""
+    tenants = authenticator.tenants
+    if not share or tenants is None or len(tenants) > 1:
+        return share, None
+    if authenticator.open:
+        why = "no API keys configured, every caller is the tenant 'default'"
+    else:
+        why = f"every API key is of the one tenant {next(iter(tenants))!r}"
+    return 0, f"{why}, so there are no other tenants to leave room for"
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -434,11 +449,13 @@ class GrpcServer:
         )
         self._admission = admission
         # One count for every service this server serves; health and reflection take none.
+        share_setting = f"{settings.namespace()}MAX_CONCURRENT_RPCS_PER_TENANT"
+        share, self._share_off = tenant_share(settings.call_share(), self.authenticator)
         self.call_slots = CallSlots(
             settings.max_concurrent_rpcs,
             f"{settings.namespace()}MAX_CONCURRENT_RPCS",
-            settings.max_concurrent_rpcs_per_tenant,
-            f"{settings.namespace()}MAX_CONCURRENT_RPCS_PER_TENANT",
+            share,
+            share_setting,
         )
         # Per tenant and for all tenants together, for every service this server serves.
         self.reply_bytes = ReplyBytes(
@@ -601,6 +618,13 @@ class GrpcServer:
         if warning is not None:
             name = server_name(self._service_names[0]) if self._service_names else "server"
             log.warning("%s on %s: %s", name, serving_at, warning, extra=listening)
+        if self._share_off is not None:
+            log.info(
+                "%sMAX_CONCURRENT_RPCS_PER_TENANT is off: %s",
+                self.settings.namespace(),
+                self._share_off,
+                extra=listening,
+            )
         return bound
 
     def _bind_error(self, where: str, problem: str, port: str, *, metrics: bool) -> BindError:

@@ -365,10 +365,11 @@ class CommonSettings(BaseSettings):
     # Of those, the calls one tenant may hold at once in this process; one more of that
     # tenant is RESOURCE_EXHAUSTED, reason TOO_MANY_CONCURRENT_RPCS, metadata `setting`
     # naming this variable, while other tenants' calls still find slots: a tenant's flood
-    # took them all. 0 = no share but the whole. The gateway's default is half of its
-    # max_concurrent_rpcs (its callers are tenants); behind it, 0 (the gateway's calls,
-    # already held to it, fan out per hit).
-    max_concurrent_rpcs_per_tenant: int = Field(default=0, ge=0, le=MAX_CONCURRENCY)
+    # took them all. 0 = no share but the whole; None (the gateway's default, its callers
+    # are tenants) = half of max_concurrent_rpcs, 0 when that is 0 (call_share). Behind the
+    # gateway, 0: the gateway's calls, already held to it, fan out per hit. At most
+    # max_concurrent_rpcs when that is not 0 (a larger share would never refuse anything).
+    max_concurrent_rpcs_per_tenant: int | None = Field(default=0, ge=0, le=MAX_CONCURRENCY)
     # Seconds a client-streaming call waits for each request message (the first one too)
     # before it ends DEADLINE_EXCEEDED, reason STREAM_IDLE: a silent stream would otherwise
     # hold its call slot and its tenant's quota for ever (services/common/stream_idle.py).
@@ -476,6 +477,28 @@ class CommonSettings(BaseSettings):
                 "counts from that age, so without it nothing would close the connection"
             )
         return self
+
+    @model_validator(mode="after")
+    def _call_share_within_the_limit(self) -> Self:
+        # A share above the whole was taken silently and never refused anything: the
+        # operator believed one tenant was held below the limit.
+        share, limit = self.max_concurrent_rpcs_per_tenant, self.max_concurrent_rpcs
+        if share and limit and share > limit:
+            namespace = type(self).namespace()
+            raise ValueError(
+                f"{namespace}MAX_CONCURRENT_RPCS_PER_TENANT ({share}) must be at most "
+                f"{namespace}MAX_CONCURRENT_RPCS ({limit}), or 0 (no share): a tenant's "
+                "share of the call slots cannot be more than all of them"
+            )
+        return self
+
+    def call_share(self) -> int:
+        """The calls one tenant may hold at once (0: no share): the setting, or when it is
+        unset half of max_concurrent_rpcs (0 when that is 0: no limit, no share of it)."""
+        share = self.max_concurrent_rpcs_per_tenant
+        if share is None:
+            return self.max_concurrent_rpcs // 2
+        return share
 
     @model_validator(mode="after")
     def _metrics_port_is_another_port(self) -> Self:

@@ -51,10 +51,11 @@ class GatewaySettings(SchemaBoundSettings):
     # None: no metrics endpoint (tests); 0: any free port.
     metrics_port: int | None = Field(default=9090, ge=0, le=65535)
 
-    # Calls one tenant may hold at once in this gateway (CommonSettings): half of
-    # MAX_CONCURRENT_RPCS, so one tenant's flood leaves room for the others' calls; with a
-    # Redis, QUOTA_CONCURRENT_CALLS bounds the tenant across replicas too.
-    max_concurrent_rpcs_per_tenant: int = Field(default=500, ge=0, le=MAX_CONCURRENCY)
+    # Calls one tenant may hold at once in this gateway (CommonSettings): unset, half of
+    # MAX_CONCURRENT_RPCS (call_share), so one tenant's flood leaves room for the others'
+    # calls; with a Redis, QUOTA_CONCURRENT_CALLS bounds the tenant across replicas too.
+    # Off when the gateway has one tenant or none (server.py: GrpcServer).
+    max_concurrent_rpcs_per_tenant: int | None = Field(default=None, ge=0, le=MAX_CONCURRENCY)
 
     # Downstream services: host:port, or dns:///host:port to spread calls over every
     # address the name resolves to (client-side round-robin across replicas). Checked at

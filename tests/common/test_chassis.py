@@ -635,7 +635,7 @@ async def test_reflection_streams_are_capped_and_a_silent_one_is_ended() -> None
         info = _error_info(caught.value)
         assert info.reason == "TOO_MANY_CONCURRENT_RPCS"
         setting = "GENSEARCH_REFLECTION_MAX_STREAMS"
-        assert dict(info.metadata) == {"limit": "2", "setting": setting}
+        assert dict(info.metadata) == {"limit": "2", "setting": setting, "scope": "server"}
         await open_[0].done_writing()  # grpcurl's way: ask, half-close, read to the end
         assert await open_[0].read() == grpc.aio.EOF
         for _ in range(100):  # its slot is given back once the server sees the end

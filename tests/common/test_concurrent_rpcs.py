@@ -112,7 +112,7 @@ async def _refused(channel: grpc.aio.Channel) -> None:
     info = error_info(err)
     assert info.reason == "TOO_MANY_CONCURRENT_RPCS" and info.domain == "gensearch"
     setting = "GENSEARCH_GENERATION_MAX_CONCURRENT_RPCS"
-    assert dict(info.metadata) == {"limit": "1", "setting": setting}
+    assert dict(info.metadata) == {"limit": "1", "setting": setting, "scope": "server"}
     assert setting in (err.details() or "") and "1 calls at once" in (err.details() or "")
 
 

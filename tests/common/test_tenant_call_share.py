@@ -7,12 +7,17 @@ tenant's calls were refused ``MAX_CONCURRENT_RPCS``. A real grpc.aio server and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+from services.common.chassis import Admission
+from services.common.errors import ResourceExhausted
 from services.common.server import GrpcServer
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
@@ -52,8 +57,13 @@ async def quick(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"quick"
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel, Gate]]:
+Served = tuple[GrpcServer, grpc.aio.Channel, Gate]
+
+
+@contextlib.asynccontextmanager
+async def _serving(keys: str, admission: Admission | None = None) -> AsyncIterator[Served]:
+    """A real server with the gateway's settings class (the share is its, the refusal
+    names its variable) at LIMIT calls, SHARE of them a tenant's, ``keys`` its API keys."""
     gate = Gate()
 
     def register(_servicer: object, server: grpc.aio.Server) -> None:
@@ -65,21 +75,28 @@ async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel, Gate]]:
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
-    # The gateway's own settings class: the share is its, the refusal names its variable.
     settings = GatewaySettings(
-        api_keys=SecretStr(KEYS),
+        api_keys=SecretStr(keys),
         max_concurrent_rpcs=LIMIT,
         max_concurrent_rpcs_per_tenant=SHARE,
         metrics_port=None,
     )
-    server = GrpcServer(settings, port=0)
+    server = GrpcServer(settings, port=0, admission=admission)
     server.add_service(register, None, SERVICE)
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield server, channel, gate
-    gate.open.set()
-    await channel.close()
-    await server.stop(0)
+    try:
+        yield server, channel, gate
+    finally:
+        gate.open.set()
+        await channel.close()
+        await server.stop(0)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    async with _serving(KEYS) as serving:
+        yield serving
 
 
 def _unary(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
@@ -113,7 +130,7 @@ def _refused_by_the_share(err: BaseException | None) -> None:
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
     info = error_info(err)
     assert info.reason == "TOO_MANY_CONCURRENT_RPCS" and info.domain == "gensearch"
-    assert dict(info.metadata) == {"limit": str(SHARE), "setting": SETTING}
+    assert dict(info.metadata) == {"limit": str(SHARE), "setting": SETTING, "scope": "tenant"}
     assert SETTING in (err.details() or "")
 
 
@@ -161,9 +178,76 @@ async def test_streams_count_in_the_share_and_give_it_back_when_cancelled(
     assert await _unary(channel, "Quick")(b"", metadata=NOISY, timeout=10) == b"quick"
 
 
-def test_the_gateway_leaves_room_for_other_tenants_by_default() -> None:
-    """A guard: the gateway's share is below its whole (its callers are tenants); the
-    services behind it keep none (the gateway's per-hit fan-out is one tenant's)."""
-    gateway = GatewaySettings()
-    assert 0 < gateway.max_concurrent_rpcs_per_tenant < gateway.max_concurrent_rpcs
-    assert GenerationSettings().max_concurrent_rpcs_per_tenant == 0
+def test_the_gateways_share_follows_its_limit() -> None:
+    """Unset, the gateway's share is half of its MAX_CONCURRENT_RPCS, none when that is 0
+    (before: a fixed 500 whatever the limit, 500 with the limit off); the services behind
+    it keep none (the gateway's per-hit fan-out is one tenant's)."""
+    assert GatewaySettings().call_share() == GatewaySettings().max_concurrent_rpcs // 2 == 500
+    assert GatewaySettings(max_concurrent_rpcs=4000).call_share() == 2000
+    assert GatewaySettings(max_concurrent_rpcs=0).call_share() == 0
+    assert (
+        GatewaySettings(max_concurrent_rpcs=0, max_concurrent_rpcs_per_tenant=7).call_share() == 7
+    )
+    assert GenerationSettings().call_share() == 0
+
+
+def test_a_share_above_the_limit_stops_the_gateway_naming_both_variables() -> None:
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings(max_concurrent_rpcs=100, max_concurrent_rpcs_per_tenant=101)
+    said = str(caught.value)
+    assert "GENSEARCH_GATEWAY_MAX_CONCURRENT_RPCS_PER_TENANT (101)" in said
+    assert "GENSEARCH_GATEWAY_MAX_CONCURRENT_RPCS (100)" in said
+    # At the limit, and any share with the limit off, are taken.
+    GatewaySettings(max_concurrent_rpcs=100, max_concurrent_rpcs_per_tenant=100)
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [("", "no API keys configured"), ("ann@solo/reader:key-a,bob@solo/reader:key-b", "'solo'")],
+    ids=["open", "one tenant"],
+)
+async def test_a_gateway_of_one_tenant_has_no_share(
+    keys: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every caller one tenant (an open gateway: all are `default`): the share would hold
+    that tenant below the server's own limit for no other tenant, so it is off, said once
+    at start. Before, the SHARE+1st call was refused with the share's setting."""
+    metadata = () if not keys else (("authorization", "Bearer key-a"),)
+    caplog.set_level(logging.INFO, logger="gensearch.server")
+    async with _serving(keys) as (_, channel, gate):
+        held = [
+            asyncio.ensure_future(_unary(channel, "Hold")(b"", metadata=metadata, timeout=30))
+            for _ in range(LIMIT)
+        ]
+
+        async def all_held() -> bool:
+            return gate.held == LIMIT or any(call.done() for call in held)
+
+        await until(all_held, "every call held or one answered")
+        assert [call.done() for call in held] == [False] * LIMIT
+        # The server's own limit still holds, and says it is the server's.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _unary(channel, "Quick")(b"", metadata=metadata, timeout=10)
+        info = error_info(caught.value)
+        assert info.reason == "TOO_MANY_CONCURRENT_RPCS"
+        assert info.metadata["scope"] == "server"
+        assert info.metadata["setting"] == "GENSEARCH_GATEWAY_MAX_CONCURRENT_RPCS"
+        gate.open.set()
+        assert await asyncio.gather(*held) == [b"held"] * LIMIT
+    said = [r.getMessage() for r in caplog.records if "_PER_TENANT is off" in r.getMessage()]
+    assert len(said) == 1 and why in said[0], said
+
+
+async def test_a_call_the_admission_guard_refuses_gives_its_share_back() -> None:
+    """The share is taken before the admission guard (the quotas); a call the guard
+    refuses gives back both its server slot and its tenant's share."""
+
+    def refuse(method: str, context: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        raise ResourceExhausted("quota used", reason="QUOTA_EXCEEDED")
+
+    async with _serving(KEYS, admission=refuse) as (server, channel, _):
+        for _ in range(SHARE + 1):  # past the share: each refusal gave its count back
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _unary(channel, "Quick")(b"", metadata=NOISY, timeout=10)
+            assert error_info(caught.value).reason == "QUOTA_EXCEEDED"
+        assert server.call_slots.held_by("noisy") == 0 and server.call_slots.in_flight == 0

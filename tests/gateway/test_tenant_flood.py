@@ -51,7 +51,11 @@ async def test_a_tenants_flood_leaves_the_other_tenant_served(
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
             info = error_info(err)
             assert info.reason == "TOO_MANY_CONCURRENT_RPCS"
-            assert dict(info.metadata) == {"limit": str(SHARE), "setting": SETTING}
+            assert dict(info.metadata) == {
+                "limit": str(SHARE),
+                "setting": SETTING,
+                "scope": "tenant",
+            }
     # Bob, during the flood: every slot alice does not hold answers him.
     answers = await asyncio.gather(
         *(
