@@ -501,6 +501,9 @@ async def _redis_waiting(
     loop = asyncio.get_running_loop()
     until = loop.time() + wait
     cutoff = call_cutoff()
+    # Ended by the call's own cutoff, the caller has no time left for a retry: no RetryInfo
+    # then (it would promise time the caller has not got), only when the wait ran out.
+    by_cutoff = cutoff is not None and cutoff.when < until
     if cutoff is not None:
         until = min(until, cutoff.when)
     pause = SLOT_MOVE_FIRST_PAUSE
@@ -515,7 +518,7 @@ async def _redis_waiting(
                 outage.down(
                     refused.err, extra={"error": _describe(refused.err)}, node=outage.node(key)
                 )
-                raise _slot_still_moving() from None
+                raise _slot_still_moving(retry=not by_cutoff) from None
             await asyncio.sleep(pause_now)
             pause = min(pause * 2, SLOT_MOVE_MAX_PAUSE)
 
@@ -588,16 +591,18 @@ async def _redis(
     return out
 
 
-def _slot_still_moving() -> Unavailable:
+def _slot_still_moving(*, retry: bool = True) -> Unavailable:
     """UNAVAILABLE for a call a slot move refused past its wait (``_redis_waiting``): the
     move's refusal ran nothing, so the same request again is safe (a turn's request_id
-    finds it stored at most once), and it is said so (``RetryInfo``, ErrorInfo metadata
-    ``cause``) for a client to retry rather than give up: a move ends by itself."""
+    finds it stored at most once), and it is said so (ErrorInfo metadata ``cause``, and
+    ``RetryInfo`` when ``retry``: the store's wait ran out, not the call's own deadline,
+    which leaves the caller no time for the retry it would promise) for a client to retry
+    rather than give up: a move ends by itself."""
     return Unavailable(
         "memory store unavailable while its data moves between Redis Cluster nodes; try again",
         reason="STORE_UNAVAILABLE",
         metadata={"cause": "SLOT_MOVING"},
-        retry_after=SLOT_MOVE_RETRY_AFTER,
+        retry_after=SLOT_MOVE_RETRY_AFTER if retry else None,
     )
 
 
@@ -1197,14 +1202,23 @@ class MemoryStore:
         sends ASKING and the command it precedes as two calls on the node's pool, so
         concurrent ones may get them on two connections and bounce between the nodes
         until it gives up (ClusterError: sent again as a slot move's refusal,
-        ``_redis_waiting``)."""
+        ``_redis_waiting``).
+
+        One wait for the whole read, the store's ``slot_move_wait``: each key's own wait
+        made a read of many turns, each refused, last that wait times their number (bounded
+        only by the call's deadline). Past it, a key is still read once (a read the move
+        does not refuse waits for nothing), and the first the move refuses ends the read
+        UNAVAILABLE, as a move outlasting any other wait (``_slot_still_moving``)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._slot_move_wait
         found = []
         for name in names:
 
             def exists(name: str = name) -> Awaitable[Any]:
                 return self._redis.exists(name)  # type: ignore[no-any-return]
 
-            if await _redis_waiting(self._outage, exists, key=name, wait=self._slot_move_wait):
+            left = max(0.0, until - loop.time())
+            if await _redis_waiting(self._outage, exists, key=name, wait=left):
                 found.append(name)
         return found
 

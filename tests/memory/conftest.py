@@ -23,6 +23,7 @@ from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
+from services.memory.store import MemoryStore
 from tests.support.redis_cluster import LocalCluster
 
 KEYS = "alice:ka,bob:kb"
@@ -141,3 +142,23 @@ def store_lines(
         and r.levelno == level
         and r.getMessage().startswith(start)
     ]
+
+
+def cluster_client(own_cluster: LocalCluster) -> RedisClient:
+    """A cluster client of the test's own cluster."""
+    return connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2)
+
+
+@pytest_asyncio.fixture
+async def make_store(own_cluster: LocalCluster) -> AsyncIterator[Callable[..., MemoryStore]]:
+    """Makes a store on the test's own cluster (keywords: its limits); each one made is
+    closed after the test."""
+    stores: list[MemoryStore] = []
+
+    def make(**limits: Any) -> MemoryStore:
+        stores.append(MemoryStore(cluster_client(own_cluster), **limits))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        await store.close()

@@ -5,20 +5,21 @@ is on the new node afterwards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from services.common.auth import DEFAULT_TENANT, Identity, Role, forwarded_identity
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from services.common.redis_client import RedisClient, connect
+from services.common.redis_client import connect
 from services.memory import keys
 from services.memory.__main__ import build_server
 from services.memory.store import (
@@ -28,7 +29,7 @@ from services.memory.store import (
     Owner,
     Retention,
 )
-from tests.memory.conftest import INTERNAL_TOKEN, make_settings
+from tests.memory.conftest import INTERNAL_TOKEN, cluster_client, make_settings
 from tests.memory.helpers import conversation_with_turns, rpc_error, usage_bytes
 from tests.memory.test_cluster import _hash_tag
 from tests.support.redis_cluster import LocalCluster, Node
@@ -40,11 +41,6 @@ WHO = forwarded_identity(Identity(USER, DEFAULT_TENANT, Role.READER), INTERNAL_T
 WRITERS = 4
 RETENTION_BATCH = 500  # services/memory/lua/retention.lua
 OWNER = Owner(DEFAULT_TENANT, USER)
-
-
-def _client(own_cluster: LocalCluster) -> RedisClient:
-    """A cluster client of the test's own cluster."""
-    return connect(own_cluster.url, cluster=True, socket_timeout=5, connect_timeout=2)
 
 
 def _move(own_cluster: LocalCluster) -> tuple[int, Node, Node]:
@@ -67,21 +63,6 @@ async def _move_slot(
     slot, source, target = _move(own_cluster)
     await own_cluster.migrate_slot(slot, source, target, batch=batch, between=between, first=first)
     return target
-
-
-@pytest_asyncio.fixture
-async def make_store(own_cluster: LocalCluster) -> AsyncIterator[Callable[..., MemoryStore]]:
-    """Makes a store on the test's own cluster (keywords: its limits); each one made is
-    closed after the test."""
-    stores: list[MemoryStore] = []
-
-    def make(**limits: Any) -> MemoryStore:
-        stores.append(MemoryStore(_client(own_cluster), **limits))
-        return stores[-1]
-
-    yield make
-    for store in stores:
-        await store.close()
 
 
 async def _retrying(call: object, attempts: int = 1000) -> object:
@@ -388,7 +369,7 @@ async def test_a_walk_refused_midway_by_a_move_keeps_every_turn_after_its_conver
     either node, expires no earlier than its conversation; the update retried after the
     move finishes the walk."""
     store = make_store()
-    reader = _client(own_cluster)
+    reader = cluster_client(own_cluster)
     longer = ConversationUpdate(ttl_ms=7_200_000)
     try:
         made = await store.create_conversation(OWNER, "w", Retention(ttl_ms=3_600_000))
@@ -678,7 +659,7 @@ async def test_a_conversation_measured_mid_move_counts_every_turn(
         )
     tag = store.tag(OWNER)
     # As stored by an older version: the conversation not counted (the hash kept).
-    async with _client(own_cluster) as admin:
+    async with cluster_client(own_cluster) as admin:
         await admin.hdel(f"{tag}:usage", cid)
         await admin.hset(f"{tag}:usage", "total", 0)
     answers = {"whole": 0, "unavailable": 0}
@@ -894,7 +875,7 @@ async def test_answers_mid_move_that_need_no_missing_key_are_given(
     tag = store.tag(OWNER)
     if hash_gone:
         gone = (await store.create_conversation(OWNER, "g")).conversation_id
-        reader = _client(own_cluster)
+        reader = cluster_client(own_cluster)
         await reader.delete(f"{tag}:conv:{gone}")
         await reader.hset(f"{tag}:usage", "next_expiry", str(1 << 50))
         await reader.aclose()
@@ -1072,6 +1053,13 @@ async def test_a_write_mid_move_whose_wait_ends_is_unavailable(
             await own_cluster.migrate_slot(slot, source, target, batch=1000, between=hold)
             assert refused[0].code() == grpc.StatusCode.UNAVAILABLE, refused[0].details()
             assert error_info(refused[0]).reason == "STORE_UNAVAILABLE"
+            # RetryInfo only when the store's wait ran out: ended by the call's own
+            # deadline, the caller has no time left for the retry it would promise.
+            has_retry_info = any(
+                d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+                for d in rpc_status.from_call(refused[0]).details  # type: ignore[arg-type,union-attr]
+            )
+            assert has_retry_info == (bound == "setting"), bound
             # Nothing stored: checked before the retry, which, with the same request_id,
             # would replay a stored turn and read the same.
             assert [i.input for i in await listed()] == ["d1", "d0"]

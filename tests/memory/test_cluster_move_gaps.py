@@ -7,19 +7,17 @@ longer than Redis makes it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from gensearch.memory.v1 import memory_service_pb2 as pb
 
 from services.common.errors import Unavailable
 from services.memory import keys
-from services.memory.store import MemoryStore, Retention
+from services.memory.store import MemoryStore, Owner, Retention
 from tests.memory.test_cluster_migration import (
     OWNER,
-    _client,
     _conversation_keys,
     _move,
     _move_slot,
@@ -28,21 +26,6 @@ from tests.memory.test_cluster_migration import (
 from tests.support.redis_cluster import LocalCluster
 
 BACKENDS = ("cluster",)
-
-
-@pytest_asyncio.fixture
-async def make_store(own_cluster: LocalCluster) -> AsyncIterator[Callable[..., MemoryStore]]:
-    """Makes a store on the test's own cluster (keywords: its limits); each one made is
-    closed after the test."""
-    stores: list[MemoryStore] = []
-
-    def make(**limits: Any) -> MemoryStore:
-        stores.append(MemoryStore(_client(own_cluster), **limits))
-        return stores[-1]
-
-    yield make
-    for store in stores:
-        await store.close()
 
 
 @pytest.mark.slow
@@ -84,6 +67,54 @@ async def test_a_many_turn_read_naming_a_missing_turn_is_answered_mid_move(
     await read()
     assert answers == [(["m1", None], [True, False], [None, None])] * len(answers)
     assert other_left.count(True) >= 3  # read mid-move, keys split between the nodes
+
+
+@pytest.mark.slow
+async def test_another_owners_turn_in_the_shared_tag_is_missing_mid_move(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """``mover`` of ``default`` and ``mover`` of the tenant ``mover`` share one tag
+    (``Owner.digest``). A many-turn read mid-move naming a missing turn reads each turn's
+    key alone (``_present``) and runs again on those found: the other owner's turn exists,
+    so it is found and run again, and the script's ownership check answers it missing, as
+    outside a move (never the other owner's text, never UNAVAILABLE)."""
+    writer = make_store()
+    cid, doomed, kept = await _two_turns_beside_four(writer, "s")
+    assert await writer.delete_interaction(OWNER, doomed.interaction_id) == cid
+    neighbour = Owner("mover", "mover")
+    tag = writer.tag(OWNER)
+    assert writer.tag(neighbour) == tag
+    theirs_cid = (await writer.create_conversation(neighbour, "n")).conversation_id
+    theirs = await writer.create_interaction(
+        neighbour, theirs_cid, pb.Interaction(input="n0"), "", b""
+    )
+    reader = make_store(slot_move_wait=0.5)
+    _, source, _ = _move(own_cluster)
+    named = [kept.interaction_id, theirs.interaction_id, doomed.interaction_id]
+    answers: list[Any] = []
+    mid_move: list[bool] = []
+
+    async def read() -> None:
+        try:
+            got = await reader.get_interactions(OWNER, named)
+            exist = await reader.interactions_exist(OWNER, named)
+        except Unavailable as err:
+            answers.append(err.reason)
+            return
+        answers.append(([i.input if i else None for i in got], exist))
+        async with source.client() as old:  # the other conversation not moved yet
+            mid_move.append(bool(await old.dbsize()))
+
+    # Both conversations' keys first (the owners' usage key once: MIGRATE takes it once).
+    both = [*_conversation_keys(tag, cid, kept), *_conversation_keys(tag, theirs_cid, theirs)]
+    first = list(dict.fromkeys(both))
+    await _move_slot(own_cluster, batch=2, between=read, first=first)
+    await read()
+    assert answers == [(["s1", None, None], [True, False, False])] * len(answers)
+    assert mid_move.count(True) >= 3  # read mid-move, keys split between the nodes
+    # Their own read still finds it: the None above is the ownership check, not a loss.
+    got = await reader.get_interactions(neighbour, [theirs.interaction_id])
+    assert [i.input if i else None for i in got] == ["n0"]
 
 
 @pytest.mark.slow
