@@ -32,6 +32,7 @@ from grpc.aio import ClientCallDetails
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_EXPORT_TIMEOUT,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
     OTEL_SDK_DISABLED,
@@ -141,39 +142,50 @@ def _configure_export() -> None:
     atexit.register(flush_at_exit)
 
 
-# The exporter's own default (seconds), when neither timeout variable is set.
-DEFAULT_EXPORT_TIMEOUT = 10.0
-_EXPORT_TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+# The flush at exit is bounded by the OTel standard variable for the batch span processor,
+# OTEL_BSP_EXPORT_TIMEOUT, "the maximum allowed time to export data" (milliseconds), read
+# as the SDK reads it (an integer; checked at start by ``otel_environment``), default the
+# SDK's 30 000. The SDK itself does not use it (its shutdown waits a fixed 30 s), so it is
+# ours to apply. Not one OTLP export timeout: that bounds one batch, and the queue holds up
+# to four (2,048 spans of 512), so a collector that answers, slowly, lost the rest.
+FLUSH_TIMEOUT_VARIABLE = OTEL_BSP_EXPORT_TIMEOUT
+DEFAULT_FLUSH_TIMEOUT_MS = 30_000
+# The least the flush waits, whatever the variable says (0 is a valid value of it): a
+# bound of 0 dropped every span queued at exit, even those a collector takes at once.
+MIN_FLUSH_SECONDS = 1.0
 
 
-def export_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    """Seconds one export may take, as the OTLP exporter reads them (the traces' own
-    variable wins; both checked at start by ``otel_environment``)."""
-    for name in _EXPORT_TIMEOUTS:
-        if value := environ.get(name, "").strip():
-            return float(value)
-    return DEFAULT_EXPORT_TIMEOUT
+def flush_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds the flush at exit waits at most (``flush_at_exit``): OTEL_BSP_EXPORT_TIMEOUT,
+    at least MIN_FLUSH_SECONDS."""
+    value = environ.get(FLUSH_TIMEOUT_VARIABLE, "").strip()
+    try:
+        millis = int(value) if value else DEFAULT_FLUSH_TIMEOUT_MS
+    except ValueError:  # refused at start (otel_environment); as the SDK, the default
+        millis = DEFAULT_FLUSH_TIMEOUT_MS
+    return max(millis / 1000, MIN_FLUSH_SECONDS)
 
 
 def flush_at_exit(environ: Mapping[str, str] = os.environ) -> None:
-    """Sends the spans still queued, waiting at most one export timeout in all.
+    """Sends the spans still queued, waiting at most ``flush_timeout`` in all.
 
     The SDK's shutdown exports every queued batch, each with a whole export timeout, for
     up to 30 s: with a collector that does not answer (down, or its packets dropped by a
     network policy) a busy service's exit after its drain took 30 s, past the pod's
     termination budget, for spans that could not be delivered anyway. A collector that
-    answers takes the queue in milliseconds."""
-    bound = export_timeout(environ)
+    answers takes the queue in milliseconds; one that answers slowly gets the whole bound
+    for the whole queue."""
+    bound = flush_timeout(environ)
     flushing = threading.Thread(target=_processors.shutdown, name="span-flush", daemon=True)
     flushing.start()
     flushing.join(bound)
     if flushing.is_alive():
-        variable = next((n for n in _EXPORT_TIMEOUTS if environ.get(n, "").strip()), None)
+        given = environ.get(FLUSH_TIMEOUT_VARIABLE, "").strip()
         log.warning(
             "spans still queued at exit were not exported: the collector did not take "
             "them within %g s (%s)",
             bound,
-            variable or "OTEL_EXPORTER_OTLP_TIMEOUT, default 10",
+            FLUSH_TIMEOUT_VARIABLE if given else f"{FLUSH_TIMEOUT_VARIABLE}, default 30000 ms",
         )
 
 

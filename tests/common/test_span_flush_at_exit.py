@@ -1,5 +1,5 @@
-"""A service's exit sends the spans still queued, waiting for the collector at most one
-export timeout in all (services/common/tracing.py, ``flush_at_exit``).
+"""A service's exit sends the spans still queued, waiting for the collector at most
+OTEL_BSP_EXPORT_TIMEOUT in all (at least 1 s; services/common/tracing.py, ``flush_at_exit``).
 
 The SDK's own shutdown gave every queued batch a whole export timeout, for up to 30 s:
 with a collector that does not answer (down, or its packets dropped by a network policy)
@@ -22,6 +22,7 @@ import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
 from gensearch.memory.v1 import memory_service_pb2_grpc as pb_grpc
 
+from services.common.tracing import MIN_FLUSH_SECONDS, flush_timeout
 from tests.support.otlp_collector import Collector
 from tests.support.processes import owned_ports_known, wait_serving
 
@@ -80,7 +81,7 @@ async def _memory_exit_log(tmp_path: Path, collector_port: int, **otel: str) -> 
     return stderr.decode(errors="replace")
 
 
-async def test_a_collector_that_never_answers_holds_the_exit_one_export_timeout(
+async def test_a_collector_that_never_answers_holds_the_exit_the_flush_timeout(
     tmp_path: Path, silent_collector: int
 ) -> None:
     # One span a batch: at SIGTERM four or five exports are still to go, each waiting out
@@ -89,11 +90,43 @@ async def test_a_collector_that_never_answers_holds_the_exit_one_export_timeout(
         tmp_path,
         silent_collector,
         OTEL_EXPORTER_OTLP_TIMEOUT="2",
+        OTEL_BSP_EXPORT_TIMEOUT="2000",
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1",
     )
     lines = [line for line in log.splitlines() if GIVEN_UP in line]
     assert len(lines) == 1, log[-2000:]
-    assert "within 2 s (OTEL_EXPORTER_OTLP_TIMEOUT)" in lines[0]
+    assert "within 2 s (OTEL_BSP_EXPORT_TIMEOUT)" in lines[0]
+
+
+async def test_a_slow_collector_gets_every_batch_queued_at_exit(
+    tmp_path: Path, collector: tuple[Collector, int]
+) -> None:
+    """A collector that answers each export in 0.4 s, one span a batch: the five batches
+    queued at exit take 2 s, each well within its 1 s export timeout. Before, the flush
+    was bounded by one export timeout (1 s) for the whole queue: spans lost and the
+    WARNING, from a collector that works."""
+    received, port = collector
+    received.delay = 0.4
+    log = await _memory_exit_log(
+        tmp_path,
+        port,
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE="1",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
+    names = [span.name for _, span in received.spans()]
+    assert names.count("/gensearch.memory.v1.MemoryService/GetConversation") == 5, log[-2000:]
+    assert GIVEN_UP not in log
+
+
+def test_the_flush_timeout_is_the_batch_processors_and_never_0() -> None:
+    assert flush_timeout({}) == 30.0  # the SDK's default of OTEL_BSP_EXPORT_TIMEOUT
+    assert flush_timeout({"OTEL_BSP_EXPORT_TIMEOUT": "12000"}) == 12.0
+    # 0 (a value the variable may take) would drop every span queued, even those a
+    # collector takes at once: at least MIN_FLUSH_SECONDS.
+    assert flush_timeout({"OTEL_BSP_EXPORT_TIMEOUT": "0"}) == MIN_FLUSH_SECONDS > 0
+    # One export's timeout bounds one batch, not the flush.
+    assert flush_timeout({"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}) == 30.0
 
 
 async def test_spans_queued_at_exit_reach_a_collector_that_answers(

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 
 from services.common.releases import settle_wait
-from services.common.tracing import export_timeout
+from services.common.tracing import flush_timeout
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from services.memory.indexer import CLOSE_WAIT_SECONDS
@@ -411,9 +411,9 @@ def _drains(docs: tuple[Doc, ...], service: str, added: dict[str, str] | None = 
     if service == "memory" and env.get(prefix + "SEARCH_INDEX", "off") != "off":
         total += CLOSE_WAIT_SECONDS  # search index jobs under way finish at close
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        # The spans still queued are sent at exit, for up to one export timeout
+        # The spans still queued are sent at exit, for up to OTEL_BSP_EXPORT_TIMEOUT
         # (services/common/tracing.py flush_at_exit) when the collector does not answer.
-        total += export_timeout(env)
+        total += flush_timeout(env)
     return total
 
 

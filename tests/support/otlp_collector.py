@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,10 +16,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 class Collector(otlp_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.requests: list[otlp.ExportTraceServiceRequest] = []
+        # Seconds each export waits before it is answered (a collector that is slow).
+        self.delay = 0.0
 
     async def Export(
         self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> otlp.ExportTraceServiceResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.requests.append(request)
         return otlp.ExportTraceServiceResponse()
 
