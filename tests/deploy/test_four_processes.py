@@ -25,10 +25,9 @@ from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
-from google.protobuf import struct_pb2
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.gateway.conftest import ALICE, BOOKS, DIM, KEYS, TOKEN, vector
+from tests.gateway.conftest import ALICE, DIM, KEYS, TOKEN, book_objects, books_collection
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.otlp_collector import Collector
 from tests.support.processes import listening_ports, owned_ports_known, start_serving
@@ -100,28 +99,12 @@ def _env(data_dir: Path, collector_port: int, **variables: str) -> dict[str, str
 
 
 async def _create_books(channel: grpc.aio.Channel) -> None:
-    collection = ret_pb.Collection(
-        name="Books",
-        properties=[
-            ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
-            ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
-            ret_pb.Property(name="year", data_type=ret_pb.DATA_TYPE_INT),
-            ret_pb.Property(name="tags", data_type=ret_pb.DATA_TYPE_TEXT_ARRAY),
-        ],
-        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
-        generative=ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
-    )
     retrieval = ret_grpc.RetrievalServiceStub(channel)  # the gateway serves it too
     await retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=ALICE
+        ret_pb.CreateCollectionRequest(collection=books_collection()), metadata=ALICE
     )
-    objects = []
-    for i, book in enumerate(BOOKS):
-        props = struct_pb2.Struct()
-        props.update(book)
-        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
     response = await retrieval.UpsertObjects(
-        ret_pb.UpsertObjectsRequest(collection="Books", objects=objects), metadata=ALICE
+        ret_pb.UpsertObjectsRequest(collection="Books", objects=book_objects()), metadata=ALICE
     )
     assert not response.errors, response.errors
 

@@ -395,6 +395,34 @@ def vector(i: int) -> list[float]:
     return v
 
 
+def books_collection(
+    name: str = "Books", generative: ret_pb.GenerativeConfig | None = None
+) -> ret_pb.Collection:
+    """The books' collection: four properties, no vectorizer (no embedding model needed),
+    answered by the fake provider unless ``generative`` says otherwise."""
+    return ret_pb.Collection(
+        name=name,
+        properties=[
+            ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
+            ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
+            ret_pb.Property(name="year", data_type=ret_pb.DATA_TYPE_INT),
+            ret_pb.Property(name="tags", data_type=ret_pb.DATA_TYPE_TEXT_ARRAY),
+        ],
+        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
+        generative=generative or ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
+    )
+
+
+def book_objects(books: list[dict[str, Any]] | None = None) -> list[ret_pb.DataObject]:
+    """``books`` (BOOKS by default) as objects, the i-th with ``vector(i)``."""
+    objects = []
+    for i, book in enumerate(books if books is not None else BOOKS):
+        props = struct_pb2.Struct()
+        props.update(book)
+        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+    return objects
+
+
 async def create_books(
     stack: Stack,
     name: str = "Books",
@@ -410,27 +438,13 @@ async def create_books(
     retrieval = stack.retrieval_direct if direct else stack.retrieval
     if metadata is None:  # Alice's, as the gateway or as retrieval takes it
         metadata = AS_ALICE if direct else ALICE
-    collection = ret_pb.Collection(
-        name=name,
-        properties=[
-            ret_pb.Property(name="title", data_type=ret_pb.DATA_TYPE_TEXT),
-            ret_pb.Property(name="body", data_type=ret_pb.DATA_TYPE_TEXT),
-            ret_pb.Property(name="year", data_type=ret_pb.DATA_TYPE_INT),
-            ret_pb.Property(name="tags", data_type=ret_pb.DATA_TYPE_TEXT_ARRAY),
-        ],
-        vectorizer=ret_pb.Vectorizer(kind=ret_pb.VECTORIZER_KIND_NONE, dimensions=DIM),
-        generative=generative or ret_pb.GenerativeConfig(provider="fake", model="fake-model"),
-    )
     await retrieval.CreateCollection(
-        ret_pb.CreateCollectionRequest(collection=collection), metadata=metadata
+        ret_pb.CreateCollectionRequest(collection=books_collection(name, generative)),
+        metadata=metadata,
     )
-    objects = []
-    for i, book in enumerate(books if books is not None else BOOKS):
-        props = struct_pb2.Struct()
-        props.update(book)
-        objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
     response = await retrieval.UpsertObjects(
-        ret_pb.UpsertObjectsRequest(collection=name, objects=objects), metadata=metadata
+        ret_pb.UpsertObjectsRequest(collection=name, objects=book_objects(books)),
+        metadata=metadata,
     )
     assert not response.errors, response.errors
     return list(response.ids)
