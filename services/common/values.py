@@ -16,6 +16,12 @@ A third, for a service that keeps values as they were sent (memory, with
 value: Python's ``json_format`` writes it as null, Go's protojson (grpcurl) refuses it, so
 one stored that way made every JSON read of what holds it fail. Where values are read as
 JSON on the way in (retrieval's properties and filters) it simply reads as null.
+
+And, for a caller that bounds how many values one request holds in all (the gateway's
+inline objects), the walk counts them as it goes (``ValueTally``), as retrieval's
+``value_count.py`` counts a write batch: every ``Value`` inside counts one, a container's
+whole length at once when it is opened, so a walk past the bound ends before reading the
+container that took it there.
 """
 
 from __future__ import annotations
@@ -41,12 +47,43 @@ Node = struct_pb2.Value | struct_pb2.Struct | struct_pb2.ListValue
 _NOTHING_TO_CHECK = frozenset({"string_value", "bool_value", "null_value"})
 
 
+class TooManyValues(Exception):
+    """A ``ValueTally`` went past its bound: ``counted`` as far as read."""
+
+    def __init__(self, counted: int) -> None:
+        super().__init__(counted)
+        self.counted = counted
+
+
+class ValueTally:
+    """The values several ``check_value`` walks have read in all, against ``limit``: each
+    ``Value`` inside counts one (a property's value, a list element, a nested field; a
+    null or a Value with no kind too), the container holding them its length at once
+    when it is opened, as retrieval's ``value_count.count_values``. Past ``limit`` the
+    walk raises TooManyValues, the rest unread; the caller words the refusal."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counted = 0
+
+    def add(self, values: int) -> None:
+        self.counted += values
+        if self.counted > self.limit:
+            raise TooManyValues(self.counted)
+
+
 def check_value(
-    value: Node, field: str, max_depth: int = DEFAULT_MAX_DEPTH, *, kind_required: bool = False
+    value: Node,
+    field: str,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    *,
+    kind_required: bool = False,
+    tally: ValueTally | None = None,
 ) -> None:
     """Raise INVALID_ARGUMENT naming the first NaN/±Infinity inside ``value``, the first
     container nested deeper than ``max_depth`` or, with ``kind_required``, the first
-    ``Value`` with no kind set."""
+    ``Value`` with no kind set. With ``tally``, count ``value``'s values into it as they
+    are walked (TooManyValues once past its bound)."""
     # Depth first, one iterator per open container: the walk holds as many entries as the
     # value is deep. It used to push a container's every element at once, so a list of
     # 15,500 values kept them all alive until read; each outlived the young GC
@@ -56,6 +93,8 @@ def check_value(
     if root is None:
         return
     _check_depth(1, field, max_depth)
+    if tally is not None:
+        tally.add(_length(root))
     open_: list[tuple[Iterator[tuple[str | int, struct_pb2.Value]], str]] = [
         (_entries(root), field)
     ]
@@ -75,6 +114,10 @@ def check_value(
             if inner is not None:
                 inner_path = _path(path, label)
                 _check_depth(len(open_) + 1, inner_path, max_depth)
+                if tally is not None:
+                    # One addition per container, none per leaf: a list of 2 M values
+                    # past the bound is refused before any of them is read.
+                    tally.add(_length(inner))
                 open_.append((_entries(inner), inner_path))
                 break
         else:
@@ -94,6 +137,10 @@ def _entries(
     if isinstance(node, struct_pb2.Struct):
         return iter(node.fields.items())
     return enumerate(node.values)
+
+
+def _length(node: struct_pb2.Struct | struct_pb2.ListValue) -> int:
+    return len(node.fields) if isinstance(node, struct_pb2.Struct) else len(node.values)
 
 
 def _container(

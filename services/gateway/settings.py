@@ -324,6 +324,12 @@ class GatewaySettings(SchemaBoundSettings):
     # (services/common/values.py); deeper is INVALID_ARGUMENT / NESTING_TOO_DEEP. At most
     # 32, as retrieval's and memory's MAX_VALUE_DEPTH.
     max_value_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=DEFAULT_MAX_DEPTH)
+    # Property values all of one request's inline objects may hold (each property's value,
+    # list element and nested field counts one, as retrieval's MAX_VALUES_PER_BATCH counts);
+    # past it INVALID_ARGUMENT / BATCH_TOO_LARGE on inline.objects. The request byte bound
+    # alone let in ~2 M values, whose check held the event loop 0.3-0.6 s
+    # (docs/benchmarks.md "Gateway: large inline objects").
+    max_inline_values: int = Field(default=250_000, ge=1, le=1_000_000_000)
 
     @model_validator(mode="after")
     def _in_flight_above_max_hits(self) -> GatewaySettings:

@@ -163,5 +163,6 @@ async def test_inline_objects_reports_the_call_and_the_loops_longest_turn() -> N
     text = await run_bench("inline_objects", "--runs", "1", "--objects", "3", "--values", "50")
     assert "3 objects x 50 booleans" in text, text
     assert "whole call, median of 1:" in text and "longest loop turn, median of 1:" in text
+    assert "answered: served" in text, text
     text = await run_bench("inline_objects", "--runs", "1", "--objects", "2", "--empty")
     assert "kind-less Values" in text, text

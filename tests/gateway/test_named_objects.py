@@ -560,3 +560,59 @@ async def test_inline_values_checked_against_a_collection_are_converted_once(
     response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
     assert response.hits[1].generation.result.startswith('T1: ["a", "a"')
     assert sum(values_converted) == 2 * (1 + 1 + 500), values_converted  # 2,008 before
+
+
+def flagged(objects: int, flags: int) -> list[dict[str, Any]]:
+    """``objects`` inline objects of a name and a list of ``flags`` booleans: each holds
+    2 + ``flags`` values (the name, the list, its elements)."""
+    return [{"name": f"o{i}", "flags": [j % 2 == 0 for j in range(flags)]} for i in range(objects)]
+
+
+async def test_inline_values_are_bounded_per_request(stack_factory: StackFactory) -> None:
+    """GENSEARCH_GATEWAY_MAX_INLINE_VALUES bounds the values of all of one request's inline
+    objects, counted as retrieval's MAX_VALUES_PER_BATCH counts (loophold2: the 4 MiB a
+    request may hold let in ~2 M values, whose check held the event loop 0.3-0.6 s). Past
+    it the whole request is refused, as retrieval refuses a write batch (same reason and
+    metadata), before any call; at it, served."""
+    stack = await stack_factory(max_inline_values=1000)
+    bound = {"max": "1000", "setting": "GENSEARCH_GATEWAY_MAX_INLINE_VALUES"}
+    at_bound = inline(flagged(2, 498), single_prompt="About {name}")  # 2 x 500
+    served = await stack.stub.GenerateOnObjects(at_bound, metadata=ALICE)
+    assert [h.generation.result.endswith(f"About o{i}") for i, h in enumerate(served.hits)] == [
+        True,
+        True,
+    ]
+    calls = len(stack.fake.chat_requests)
+    over = inline([*flagged(2, 498), {"name": "o2"}], single_prompt="About {name}")  # 1001
+
+    async def streamed() -> None:
+        # The same fields, number for number.
+        stream = gw_pb.StreamGenerateOnObjectsRequest.FromString(over.SerializeToString())
+        async for _ in stack.stub.StreamGenerateOnObjects(stream, metadata=ALICE):
+            pass
+
+    for refused in (stack.stub.GenerateOnObjects(over, metadata=ALICE), streamed()):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await refused
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "GENSEARCH_GATEWAY_MAX_INLINE_VALUES" in (caught.value.details() or "")
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["field"]) == ("BATCH_TOO_LARGE", "inline.objects")
+        assert bound.items() <= dict(info.metadata).items()
+    assert len(stack.fake.chat_requests) == calls  # no call for a refused request
+
+
+async def test_a_list_past_the_inline_values_bound_is_refused_unread(
+    stack_factory: StackFactory,
+) -> None:
+    """A list that takes the request past the bound is refused when it is opened, its
+    elements unread (as retrieval's count stops early): the NaN at its end, which a walk
+    that read it would name (NUMBER_NOT_FINITE), is not what the refusal is about."""
+    stack = await stack_factory(max_inline_values=1000)
+    values: list[Any] = [1.0] * 1999 + [float("nan")]
+    request_ = inline([{"name": "o", "values": values}], single_prompt="{name}")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.stub.GenerateOnObjects(request_, metadata=ALICE)
+    info = error_info(caught.value)
+    assert (info.reason, info.metadata["field"]) == ("BATCH_TOO_LARGE", "inline.objects")
+    assert not stack.fake.chat_requests
