@@ -26,6 +26,7 @@ from services.generation.metrics import FALLBACK_SKIPS
 from services.generation.providers.base import CompletionRequest
 from services.generation.registry import ProviderRegistry
 from services.generation.validation import (
+    CONTEXT_WINDOW_EXCEEDED,
     MAX_MODEL_CHARS_SETTING,
     Limits,
     build_request,
@@ -85,8 +86,8 @@ class Planner:
         )
         primary_refusal = limit_refusal(request, provider.config)
         if primary_refusal is not None and _callers_own_max_tokens(primary_refusal, request):
-            # The caller's own max_tokens is wrong for the model it named first (past its
-            # window or its token budget): refused whatever the chain (a fallback that
+            # The caller's own max_tokens is wrong for the model it named first (alone past
+            # its window or its token budget): refused whatever the chain (a fallback that
             # could take it would hide the mistake).
             raise primary_refusal
         chain = [Target(0, provider, request)]
@@ -143,10 +144,20 @@ class Planner:
 
 
 def _callers_own_max_tokens(refusal: InvalidArgument, request: CompletionRequest) -> bool:
-    """A refusal of the max_tokens the caller sent, for any reason (the window, the token
-    budget). A provider's own default max_tokens (``request.max_tokens`` None) is no
-    argument of the caller's: a pair refused for it stays skippable."""
-    return refusal.field == "max_tokens" and request.max_tokens is not None
+    """A refusal of the max_tokens the caller sent on its own: alone past the context
+    window, or alone past a whole window of the token budget. A budget refusal of the
+    prompt plus max_tokens is the prompt's length as much as the max_tokens (the budget
+    check names max_tokens, what a caller can lower, unless the prompt alone is over):
+    such a pair stays skippable, as a pair whose window cannot hold the prompt (before, a
+    long prompt with a small max_tokens refused the whole call, whatever the chain). A
+    provider's own default max_tokens (``request.max_tokens`` None) is no argument of the
+    caller's: a pair refused for it stays skippable."""
+    if refusal.field != "max_tokens" or request.max_tokens is None:
+        return False
+    if refusal.reason == CONTEXT_WINDOW_EXCEEDED:
+        return True  # the window check names max_tokens only when it alone is over
+    # PROVIDER_TOKEN_LIMIT_EXCEEDED: metadata ``tokens`` is the whole window's allowance.
+    return request.max_tokens > int(refusal.metadata["tokens"])
 
 
 def _pairs_that_hold(

@@ -191,6 +191,26 @@ async def test_max_tokens_past_the_primarys_token_budget_is_refused_whatever_the
     assert fake.chat_requests == [] and big.chat_requests == []
 
 
+async def test_a_long_prompt_past_the_primarys_budget_with_a_small_max_tokens_falls_back(
+    fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
+) -> None:
+    """A max_tokens within the primary's budget on its own, refused only with a long
+    prompt (~1000 tokens + 300 past 1000 a minute): the prompt's length as much as the
+    max_tokens, so the primary is skipped and "big" answers. Failed before: the whole call
+    refused PROVIDER_TOKEN_LIMIT_EXCEEDED naming max_tokens, whatever the chain."""
+    svc = await start_service(_budget_primary(fake, big))
+    big.reply = "from the big one"
+    reply = await svc.stub.Generate(
+        pb.GenerateRequest(
+            messages=[user("w" * 4000)], max_tokens=300, fallback=[pb.ModelChoice(provider="big")]
+        ),
+        timeout=10,
+    )
+    assert (reply.text, reply.provider, reply.fallback_index) == ("from the big one", "big", 1)
+    assert fake.chat_requests == []
+    assert big.chat_requests[-1].json["max_tokens"] == 300
+
+
 async def test_a_primary_whose_own_default_max_tokens_breaks_its_budget_is_skipped(
     fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
 ) -> None:
