@@ -119,11 +119,14 @@ def _moving_on(target: Target, err: ServiceError) -> None:
     )
 
 
-def _chain_ended(err: ServiceError, skipped: Sequence[int]) -> None:
+def _chain_ended(err: ServiceError, skipped: Sequence[int], deadline: Deadline) -> None:
     """``err`` of the last pair kept, naming the pairs skipped for the call (their
     ``fallback_index``, ErrorInfo metadata ``skipped_fallbacks``): a caller whose insurance
-    was never tried is told so, not handed the bare failure of the pair before them."""
-    if skipped:
+    was never tried is told so, not handed the bare failure of the pair before them. Only
+    for an error that would have moved on to a next pair (one that falls back, with time
+    left): a 4xx or the call's expired deadline ends any chain, so the skipped pairs would
+    not have been tried either, and naming them would send the caller to fix its chain."""
+    if skipped and falls_back(err) and not deadline.expired:
         err.metadata[SKIPPED_FALLBACKS] = ",".join(str(index) for index in skipped)
 
 
@@ -146,7 +149,7 @@ async def complete(
         except ServiceError as err:
             calls.failed(err)
             if last:
-                _chain_ended(err, skipped)
+                _chain_ended(err, skipped, deadline)
             if last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)
@@ -187,7 +190,7 @@ async def stream(
         except ServiceError as err:
             calls.failed(err)
             if last and not sent:
-                _chain_ended(err, skipped)
+                _chain_ended(err, skipped, deadline)
             if sent or last or not falls_back(err) or deadline.expired:
                 raise
             _moving_on(target, err)

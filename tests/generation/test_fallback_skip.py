@@ -247,6 +247,60 @@ async def test_the_last_pair_kept_failing_names_the_pairs_skipped(
     assert small.chat_requests == []
 
 
+async def _last_pair_error(svc: Service, stream: bool, timeout: float) -> grpc.aio.AioRpcError:
+    """The error of a call with a prompt too long for the chain's one pair ("small"), so
+    the primary is the last pair kept, with ``fallback[0]`` skipped."""
+    fields: dict[str, Any] = {
+        "messages": [user(LONG)],
+        "fallback": [pb.ModelChoice(provider="small")],
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if stream:
+            call = svc.stub.StreamGenerate(pb.StreamGenerateRequest(**fields), timeout=timeout)
+            _ = [e async for e in call]
+        else:
+            await svc.stub.Generate(pb.GenerateRequest(**fields), timeout=timeout)
+    return caught.value
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_an_upstream_4xx_of_the_last_pair_kept_names_no_skipped_pair(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """A 400 never moves on to a next pair: the skipped pair would not have been tried
+    either, so the error does not name it (docs/generation.md). Failed before:
+    ``skipped_fallbacks`` "1" on the 400."""
+    svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
+    fake.by_model["fake-model"] = Behaviour.error(400)
+    err = await _last_pair_error(svc, stream, timeout=10)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "skipped_fallbacks" not in error_info(err).metadata
+    assert small.chat_requests == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_the_deadline_ending_the_last_pair_kept_names_no_skipped_pair(
+    fake: FakeOpenAI,
+    small: FakeOpenAI,
+    big: FakeOpenAI,
+    start_service: StartService,
+    stream: bool,
+) -> None:
+    """The call's own deadline ends any chain: the error does not name the skipped pair.
+    Failed before: ``skipped_fallbacks`` "1" on the deadline's DEADLINE_EXCEEDED."""
+    svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
+    fake.by_model["fake-model"] = Behaviour.hang(60)
+    err = await _last_pair_error(svc, stream, timeout=1.5)
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The service's own answer (ErrorInfo), not the client's bare cut.
+    assert "skipped_fallbacks" not in error_info(err).metadata
+    assert small.chat_requests == []
+
+
 def _skips_counted(provider: str, reason: str) -> float:
     labels = {"provider": provider, "reason": reason}
     return REGISTRY.get_sample_value("gensearch_llm_fallback_skips_total", labels) or 0.0
