@@ -103,6 +103,12 @@ class ModelCatalog:
             provider = _find_provider(models, provider_name)
             if provider is None:
                 known = ", ".join(sorted(p.name for p in models.providers))
+                # Provider names are matched lower-cased, so one is suggested as it is written
+                # ('olama' -> 'ollama'); the list is the operator's, shown to every caller.
+                # For the gateway's own default setting too: an operator's typo is a typo.
+                hint, suggestion = did_you_mean(
+                    provider_name.strip().lower(), sorted(p.name for p in models.providers)
+                )
                 if provider_field == options.provider_field and options.provider_setting:
                     raise setting_at_fault(
                         f"unknown provider {quote(provider_name)} (configured: {known})",
@@ -110,12 +116,8 @@ class ModelCatalog:
                         options.provider_setting,
                         provider_field,
                         "UNKNOWN_PROVIDER",
+                        suggestion=(hint, suggestion),
                     )
-                # Provider names are matched lower-cased, so one is suggested as it is written
-                # ('olama' -> 'ollama'); the list is the operator's, shown to every caller.
-                hint, suggestion = did_you_mean(
-                    provider_name.strip().lower(), sorted(p.name for p in models.providers)
-                )
                 raise refusal_at(provider_field)(
                     f"unknown provider {quote(provider_name)} (configured: {known}){hint}",
                     field=provider_field,

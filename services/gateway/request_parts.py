@@ -72,19 +72,28 @@ def refusal_at(field: str) -> type[InvalidArgument] | type[FailedPrecondition]:
 
 
 def setting_at_fault(
-    unknown: str, what: str, setting: str, field: str, reason: str
+    unknown: str,
+    what: str,
+    setting: str,
+    field: str,
+    reason: str,
+    *,
+    suggestion: tuple[str, dict[str, str]] = ("", {}),
 ) -> FailedPrecondition:
     """The refusal of an unknown provider or model (``what``) that neither the request nor
     the collection named: the gateway's default ``setting`` chose it, so the operator is at
     fault, not the caller's argument. The gateway cannot check it at start: the providers
     are the generation service's (docs/gateway.md). Raised by ``ModelCatalog.check_choices``
-    before a call, and for generation's own refusal (``caller_fields_refused``)."""
+    before a call, and for generation's own refusal (``caller_fields_refused``).
+    ``suggestion``: ``suggest.did_you_mean``'s hint and metadata, for the operator's typo
+    as for a caller's."""
+    hint, metadata = suggestion
     return FailedPrecondition(
         f"{unknown}, the gateway's default ({setting}): name a {what} in the request, or "
-        "the operator must correct the setting",
+        f"the operator must correct the setting{hint}",
         field=field,
         reason=reason,
-        metadata={"setting": setting},
+        metadata={"setting": setting, **metadata},
     )
 
 

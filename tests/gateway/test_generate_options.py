@@ -391,6 +391,34 @@ async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
     assert len(stack.fake.chat_requests) == len(response.hits)
 
 
+async def test_a_mistyped_gateway_default_provider_names_the_closest(
+    stack_factory: StackFactory,
+) -> None:
+    # An operator's typo in GENSEARCH_GATEWAY_DEFAULT_PROVIDER is suggested as a caller's
+    # is. Failed before: the setting's refusal had no "did you mean" nor metadata
+    # suggestion (only callers' fields had them).
+    stack = await stack_factory(default_provider="fakee")
+    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
+    ask = gw_pb.AskRequest(
+        collection="Books", llm_question="Which?", near_vector=ret_pb.NearVector(vector=[0.5] * DIM)
+    )
+    for call in (
+        stack.stub.GenerativeSearch(books_search(single_prompt="About {title}"), metadata=ALICE),
+        stack.stub.Ask(ask, metadata=ALICE),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert (info.reason, info.metadata["setting"], info.metadata["suggestion"]) == (
+            "UNKNOWN_PROVIDER",
+            "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
+            "fake",
+        )
+        assert "did you mean 'fake'?" in (caught.value.details() or "")
+    assert stack.fake.chat_requests == []
+
+
 async def test_an_unknown_gateway_default_model_is_named_as_the_setting(
     stack_factory: StackFactory,
 ) -> None:
