@@ -327,21 +327,35 @@ async def test_a_collections_unknown_provider_or_model_is_named_as_the_collectio
 
 async def test_a_mistyped_provider_names_the_closest(stack: Stack) -> None:
     # Before: "unknown provider 'fakee' (configured: …)" alone, unlike a mistyped property
-    # or collection, which name the closest; a fallback pair's and a collection's too.
-    await create_books(stack, books=WITH_BODY)
-    for request, field in (
-        (books_search(single_prompt="About {title}", provider="Fakee"), "generate.provider"),
+    # or collection, which name the closest; a fallback pair's and a collection's too
+    # (the collection's stored provider is the primary when the request names none).
+    await create_books(
+        stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig(provider="fakeee")
+    )
+    for request, field, code in (
+        (
+            books_search(single_prompt="About {title}", provider="Fakee"),
+            "generate.provider",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
         (
             books_search(
                 single_prompt="About {title}",
+                provider="fake",
                 fallback=[gen_pb.ModelChoice(provider="fakee", model="fake-model")],
             ),
             "generate.fallback[0].provider",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            books_search(single_prompt="About {title}"),
+            "collection.generative.provider",
+            grpc.StatusCode.FAILED_PRECONDITION,
         ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stack.stub.GenerativeSearch(request, metadata=ALICE)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.code() == code
         info = error_info(caught.value)
         assert (info.reason, info.metadata["field"], info.metadata["suggestion"]) == (
             "UNKNOWN_PROVIDER",
