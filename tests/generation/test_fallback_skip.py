@@ -180,9 +180,9 @@ def _budget_primary(fake: FakeOpenAI, big: FakeOpenAI, **fields: Any) -> list[di
 async def test_max_tokens_past_the_primarys_token_budget_is_refused_whatever_the_chain(
     fake: FakeOpenAI, big: FakeOpenAI, start_service: StartService
 ) -> None:
-    """Decided: the caller's own max_tokens refused by the primary for any reason, its
-    token budget as its window, is the caller's argument. Failed before: the primary was
-    skipped and "big" answered."""
+    """Decided: the caller's own max_tokens alone past the primary's token budget, as
+    past its window, is the caller's argument. Failed before: the primary was skipped and
+    "big" answered."""
     svc = await start_service(_budget_primary(fake, big))
     big.reply = "from the big one"
     info = await _max_tokens_refused(svc, 5000)
