@@ -419,6 +419,13 @@ def tenant_share(share: int, authenticator: Authenticator) -> tuple[int, str | N
     return 0, f"{why}, so there are no other tenants to leave room for"
 
 
+def log_share_off(setting: str, why: str, *, explicit: bool, **extra: Any) -> None:
+    """Says once, at start, that a tenant share is off and why. A WARNING when the operator
+    set it (they asked for a bound the server does not apply), INFO for the unset default."""
+    level = logging.WARNING if explicit else logging.INFO
+    log.log(level, "%s is off: %s", setting, why, extra=extra)
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -619,11 +626,11 @@ class GrpcServer:
             name = server_name(self._service_names[0]) if self._service_names else "server"
             log.warning("%s on %s: %s", name, serving_at, warning, extra=listening)
         if self._share_off is not None:
-            log.info(
-                "%sMAX_CONCURRENT_RPCS_PER_TENANT is off: %s",
-                self.settings.namespace(),
+            log_share_off(
+                f"{self.settings.namespace()}MAX_CONCURRENT_RPCS_PER_TENANT",
                 self._share_off,
-                extra=listening,
+                explicit=self.settings.max_concurrent_rpcs_per_tenant is not None,
+                **listening,
             )
         return bound
 

@@ -16,7 +16,7 @@ from services.common.logs import configure_logging
 from services.common.quotas import Quotas
 from services.common.redis_client import RedisClient, connect_configured
 from services.common.releases import settle_wait
-from services.common.server import GrpcServer, run_until_signal
+from services.common.server import GrpcServer, log_share_off, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
 from services.common.tracing import client_interceptors
 from services.gateway.ask import AskService
@@ -26,6 +26,7 @@ from services.gateway.clients.channel import (
     MEMORY_SERVICE,
     RETRIEVAL_SERVICE,
 )
+from services.gateway.clients.generation import PER_TENANT_SETTING
 from services.gateway.forward import GenerationForwarder, MemoryForwarder, RetrievalForwarder
 from services.gateway.generative import GenerativeSearch
 from services.gateway.named_objects import NamedObjects
@@ -64,6 +65,14 @@ async def build(settings: GatewaySettings, *, port: int | None = None) -> Gatewa
     # Every downstream call gets a CLIENT span and carries the trace context.
     backends = Backends.build(settings, interceptors=client_interceptors("gateway"), redis=redis)
     clients = backends.clients
+    # Off, as the call share, where the gateway knows one tenant or none.
+    share_off = clients.generation.share_among(server.authenticator, settings.generation_share())
+    if share_off is not None:
+        log_share_off(
+            PER_TENANT_SETTING,
+            share_off,
+            explicit=settings.generation_max_in_flight_per_tenant is not None,
+        )
     if redis is not None:
         server.on_stop(redis.aclose)
     if quotas is not None:

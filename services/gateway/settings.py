@@ -96,8 +96,11 @@ class GatewaySettings(SchemaBoundSettings):
     # other tenants' calls. Without it a tenant whose calls took every slot (its
     # concurrent-calls quota times max_hits is 6400) made another tenant's call wait for
     # one of them to end. 0: no bound but the total. Otherwise more than max_hits, as the
-    # total, so one request is never split into waves of its own.
-    generation_max_in_flight_per_tenant: int = Field(default=500, ge=0, le=MAX_CONCURRENCY)
+    # total, so one request is never split into waves of its own. Unset: half of
+    # generation_max_in_flight, at least max_hits + 1 (generation_share), so raising the
+    # total raises it too. Off when the gateway has one tenant or none (tenant_share):
+    # a fixed share held an open gateway's only tenant to half of its capacity.
+    generation_max_in_flight_per_tenant: int | None = Field(default=None, ge=0, le=MAX_CONCURRENCY)
     # Token deltas a streaming generative search (or StreamGenerateOnObjects) holds for
     # a client that has not read them yet, all its hits together; when full, its hits
     # stop reading their generation streams (flow control holds the rest back, up to the
@@ -348,6 +351,16 @@ class GatewaySettings(SchemaBoundSettings):
                 "request of max_hits hits would otherwise wait for its own calls"
             )
         return self
+
+    def generation_share(self) -> int:
+        """One tenant's share of the generation calls in flight (0: no bound but the
+        total): the setting, or when it is unset half of generation_max_in_flight, never
+        max_hits or fewer (a request would wait for its own calls) nor more than the total."""
+        share = self.generation_max_in_flight_per_tenant
+        if share is not None:
+            return share
+        bound = self.generation_max_in_flight
+        return min(max(bound // 2, self.max_hits + 1), bound)
 
     @model_validator(mode="after")
     def _defaults_within_max(self) -> GatewaySettings:

@@ -251,3 +251,22 @@ async def test_a_call_the_admission_guard_refuses_gives_its_share_back() -> None
                 await _unary(channel, "Quick")(b"", metadata=NOISY, timeout=10)
             assert error_info(caught.value).reason == "QUOTA_EXCEEDED"
         assert server.call_slots.held_by("noisy") == 0 and server.call_slots.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("share", "level"), [(SHARE, "WARNING"), (None, "INFO")], ids=["set", "unset"]
+)
+async def test_a_share_set_but_off_is_a_warning(
+    share: int | None, level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator who set the share asked for a bound the server does not apply: said at
+    WARNING (it was INFO, among the start-up lines). The unset default stays INFO."""
+    caplog.set_level(logging.INFO, logger="gensearch.server")
+    settings = GatewaySettings(
+        max_concurrent_rpcs=LIMIT, max_concurrent_rpcs_per_tenant=share, metrics_port=None
+    )
+    server = GrpcServer(settings, port=0)
+    await server.start()
+    await server.stop(0)
+    said = [r.levelname for r in caplog.records if "_PER_TENANT is off" in r.getMessage()]
+    assert said == [level]

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
 
 from services.common.server import GrpcServer
+from services.gateway.clients.generation import GenerationClient
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
@@ -305,3 +306,58 @@ async def test_a_refused_call_is_sent_again_on_either_path(
     assert len(fake.chat_requests) == 6
     assert _refused("TOO_MANY_CONCURRENT_RPCS") >= before + 4
     assert sum(waited > 0 for *_, waited in replies) >= 4, replies
+
+
+async def test_a_gateway_of_one_tenant_gives_it_every_slot_whatever_the_share(
+    stack_factory: StackFactory, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A share only tells tenants apart. Before, a one-tenant (or open) gateway held its
+    only tenant to GENERATION_MAX_IN_FLIGHT_PER_TENANT (500 of 1000 by default): half the
+    slots idled while its calls waited. Now the share is off there, as the call share,
+    and an explicitly set share says so at WARNING."""
+    fake.by_model["slow-model"] = Behaviour.hang(60)
+    with caplog.at_level("INFO"):
+        stack = await stack_factory(
+            api_keys="alice:key-alice-123",
+            generation_max_in_flight=4,
+            generation_max_in_flight_per_tenant=2,
+            max_hits=1,
+        )
+    off = [r for r in caplog.records if "GENERATION_MAX_IN_FLIGHT_PER_TENANT is off" in r.message]
+    assert [r.levelname for r in off] == ["WARNING"]
+    assert "the one tenant 'alice'" in off[0].getMessage()
+    slow = duration_pb2.Duration(seconds=4)
+
+    async def call(n: int) -> gw_pb.GenerateOnObjectsResponse:
+        request = _objects(1, f"a{n}-", model="slow-model", timeout=slow)
+        response: gw_pb.GenerateOnObjectsResponse = await stack.stub.GenerateOnObjects(
+            request, metadata=ALICE
+        )
+        return response
+
+    calls = [asyncio.create_task(call(n)) for n in range(4)]
+    results = [(await task).hits[0].generation for task in calls]
+    # Every one of the four slots served her: each call reached the LLM (and ran out of
+    # time there); none waited for a slot of a share.
+    assert sum(r.json["model"] == "slow-model" for r in fake.chat_requests) == 4
+    assert [g.error.reason for g in results if g.error.reason] == ["DEADLINE_EXCEEDED"] * 4
+
+
+async def test_an_unset_share_is_half_of_the_bound_and_follows_it() -> None:
+    """It was a fixed 500: raising GENERATION_MAX_IN_FLIGHT left a tenant at 500."""
+    assert await _share(GatewaySettings()) == 500
+    raised = GatewaySettings(generation_max_in_flight=4000)
+    assert await _share(raised) == 2000
+    # Never max_hits or fewer: a request of max_hits hits would wait for its own calls.
+    small = GatewaySettings(generation_max_in_flight=150, max_hits=100)
+    assert await _share(small) == 101
+    explicit = GatewaySettings(
+        generation_max_in_flight=4000, generation_max_in_flight_per_tenant=300
+    )
+    assert await _share(explicit) == 300
+
+
+async def _share(settings: GatewaySettings) -> int:
+    client = GenerationClient("127.0.0.1:1", settings)
+    await client.close()
+    return client.max_in_flight_per_tenant

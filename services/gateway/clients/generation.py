@@ -38,6 +38,7 @@ from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc
 from google.protobuf import duration_pb2
 
 from services.common import call_slots
+from services.common.auth import Authenticator
 from services.common.egress import EMBEDDING_KEY_HEADER, RERANK_KEY_HEADER
 from services.common.errors import (
     DOWNSTREAM_UNAVAILABLE,
@@ -49,6 +50,7 @@ from services.common.errors import (
     upstream_calls,
 )
 from services.common.fair_slots import FairSlots
+from services.common.server import tenant_share
 from services.common.shutdown_cut import REASON as SHUTDOWN_REASON
 from services.gateway.clients.base import ServiceClient, refused_stream
 from services.gateway.clients.caller import Caller, Metadata
@@ -153,15 +155,24 @@ class GenerationClient(ServiceClient):
         # served: one tenant's queue of calls held every other tenant's behind all of it).
         # And one tenant holds at most its share of them, so slots are left for the others
         # however long its calls run.
-        self.max_in_flight_per_tenant = min(
-            settings.generation_max_in_flight_per_tenant or self.max_in_flight,
-            self.max_in_flight,
-        )
+        self._share(settings.generation_share())
+
+    def _share(self, share: int) -> None:
+        self.max_in_flight_per_tenant = min(share or self.max_in_flight, self.max_in_flight)
         self._slots = (
             FairSlots(self.max_in_flight, self.max_in_flight_per_tenant)
             if self.max_in_flight
             else None
         )
+
+    def share_among(self, authenticator: Authenticator, share: int) -> str | None:
+        """Holds each tenant to ``share`` of the slots, or to none where the gateway knows
+        one tenant or none (tenant_share, as for the call share): a share there held the
+        only tenant to part of the slots, for no one. Returns why it is off (None: on).
+        Called once, before the first call."""
+        share, off = tenant_share(share, authenticator)
+        self._share(share)
+        return off
 
     def metadata(self, caller: Caller) -> Metadata:
         # The caller's own provider keys go to the generation service only; not the keys
