@@ -32,7 +32,6 @@ from grpc.aio import ClientCallDetails
 from opentelemetry import trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.sdk.environment_variables import (
-    OTEL_BSP_EXPORT_TIMEOUT,
     OTEL_EXPORTER_OTLP_ENDPOINT,
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
     OTEL_SDK_DISABLED,
@@ -50,6 +49,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 from services.common import propagation
 from services.common.logs import register_secret, url_secrets
+from services.common.otel_environment import BATCH_TIMEOUT
 from services.common.propagation import inject
 
 TRACER_NAME = "gensearch"
@@ -144,12 +144,13 @@ def _configure_export() -> None:
 
 # The flush at exit is bounded by the OTel standard variable for the batch span processor,
 # OTEL_BSP_EXPORT_TIMEOUT, "the maximum allowed time to export data" (milliseconds), read
-# as the SDK reads it (an integer; checked at start by ``otel_environment``), default the
-# SDK's 30 000. The SDK itself does not use it (its shutdown waits a fixed 30 s), so it is
-# ours to apply. Not one OTLP export timeout: that bounds one batch, and the queue holds up
-# to four (2,048 spans of 512), so a collector that answers, slowly, lost the rest.
-FLUSH_TIMEOUT_VARIABLE = OTEL_BSP_EXPORT_TIMEOUT
-DEFAULT_FLUSH_TIMEOUT_MS = 30_000
+# as the SDK reads it (an integer; checked at start by ``otel_environment``). The SDK itself
+# does not use it (its shutdown waits a fixed 30 s), so it is ours to apply. Unset, 10 s,
+# not the SDK's 30 s: the pods' termination budgets (deploy/, tests/deploy) count 10 s for
+# it, and a flush of 30 s ran past them wherever the variable was not set. Not one OTLP
+# export timeout: that bounds one batch, and the queue holds up to four (2,048 spans of
+# 512), so a collector that answers, slowly, lost the rest.
+DEFAULT_FLUSH_TIMEOUT_MS = 10_000
 # The least the flush waits, whatever the variable says (0 is a valid value of it): a
 # bound of 0 dropped every span queued at exit, even those a collector takes at once.
 MIN_FLUSH_SECONDS = 1.0
@@ -158,7 +159,7 @@ MIN_FLUSH_SECONDS = 1.0
 def flush_timeout(environ: Mapping[str, str] = os.environ) -> float:
     """Seconds the flush at exit waits at most (``flush_at_exit``): OTEL_BSP_EXPORT_TIMEOUT,
     at least MIN_FLUSH_SECONDS."""
-    value = environ.get(FLUSH_TIMEOUT_VARIABLE, "").strip()
+    value = environ.get(BATCH_TIMEOUT, "").strip()
     try:
         millis = int(value) if value else DEFAULT_FLUSH_TIMEOUT_MS
     except ValueError:  # refused at start (otel_environment); as the SDK, the default
@@ -180,12 +181,12 @@ def flush_at_exit(environ: Mapping[str, str] = os.environ) -> None:
     flushing.start()
     flushing.join(bound)
     if flushing.is_alive():
-        given = environ.get(FLUSH_TIMEOUT_VARIABLE, "").strip()
+        given = environ.get(BATCH_TIMEOUT, "").strip()
         log.warning(
             "spans still queued at exit were not exported: the collector did not take "
             "them within %g s (%s)",
             bound,
-            FLUSH_TIMEOUT_VARIABLE if given else f"{FLUSH_TIMEOUT_VARIABLE}, default 30000 ms",
+            BATCH_TIMEOUT if given else f"{BATCH_TIMEOUT}, default {DEFAULT_FLUSH_TIMEOUT_MS} ms",
         )
 
 

@@ -120,13 +120,15 @@ async def test_a_slow_collector_gets_every_batch_queued_at_exit(
 
 
 def test_the_flush_timeout_is_the_batch_processors_and_never_0() -> None:
-    assert flush_timeout({}) == 30.0  # the SDK's default of OTEL_BSP_EXPORT_TIMEOUT
+    # Unset: 10 s, what the pods' termination budgets count (it was the SDK's 30 s, past
+    # them wherever only deploy/base/config.env's 10000 was missing).
+    assert flush_timeout({}) == 10.0
     assert flush_timeout({"OTEL_BSP_EXPORT_TIMEOUT": "12000"}) == 12.0
     # 0 (a value the variable may take) would drop every span queued, even those a
     # collector takes at once: at least MIN_FLUSH_SECONDS.
     assert flush_timeout({"OTEL_BSP_EXPORT_TIMEOUT": "0"}) == MIN_FLUSH_SECONDS > 0
     # One export's timeout bounds one batch, not the flush.
-    assert flush_timeout({"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}) == 30.0
+    assert flush_timeout({"OTEL_EXPORTER_OTLP_TIMEOUT": "2"}) == 10.0
 
 
 async def test_spans_queued_at_exit_reach_a_collector_that_answers(
