@@ -1,5 +1,5 @@
 """``check_value``'s walk over a client's value: what it holds while it reads (the test
-that failed on the old walk), and the field it names (guards: the old walk named the same
+that failed on the old walk), the field it names (guards: the old walk named the same
 fields; the services' own tests name fields through their requests too)."""
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ import tracemalloc
 
 import pytest
 from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.common.values import check_value
+from services.common.values import TooManyValues, ValueTally, check_value
+from services.retrieval.value_count import count_values
 
 WIDE = 100_000
 
@@ -77,3 +80,44 @@ def test_a_value_with_no_kind_is_named_where_it_must_have_one() -> None:
         check_value(bare, "value", kind_required=True)
     assert caught.value.field == "value"
     check_value(struct_pb2.Value(number_value=2.0), "value", max_depth=0)
+
+
+# JSON-like values as a client sends them: finite numbers (check_value refuses the others),
+# nested a few levels, empty containers and nulls included.
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3)
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+_OBJECTS = st.dictionaries(st.text(max_size=3), _VALUES, max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_OBJECTS, st.integers(min_value=0, max_value=60))
+def test_the_gateways_tally_counts_as_retrievals_count(
+    values: dict[str, object], limit: int
+) -> None:
+    """The gateway bounds inline objects' values with ``ValueTally`` (in the walk), retrieval
+    a write batch's with ``value_count.count_values``: one counting rule, two codes. They
+    agree on every object, and both refuse exactly the objects past the bound, so an object
+    the gateway lets through is never refused by retrieval for its count, nor the reverse."""
+    properties = _parsed(values)
+    everything = count_values(properties, stop_past=10**9)
+    whole = ValueTally(10**9)
+    check_value(properties, "properties", max_depth=10**6, tally=whole)
+    assert whole.counted == everything
+
+    bounded = ValueTally(limit)
+    try:
+        check_value(properties, "properties", max_depth=10**6, tally=bounded)
+    except TooManyValues as past:
+        assert past.counted > limit
+        assert count_values(properties, stop_past=limit) > limit
+    else:
+        assert bounded.counted == everything <= limit
+        assert count_values(properties, stop_past=limit) == everything
