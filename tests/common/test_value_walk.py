@@ -1,6 +1,7 @@
 """``check_value``'s walk over a client's value: what it holds while it reads (the test
 that failed on the old walk), the field it names (guards: the old walk named the same
-fields; the services' own tests name fields through their requests too)."""
+fields; the services' own tests name fields through their requests too), and that its
+``ValueTally`` counts as retrieval's ``count_values`` (a guard tying the two codes)."""
 
 from __future__ import annotations
 
