@@ -22,6 +22,7 @@ from services.common.server import GrpcServer
 from services.gateway.settings import GatewaySettings
 from services.generation.settings import GenerationSettings
 from tests.support.rpc import error_info
+from tests.support.share_server import Gate, Served, ident, serving, unary
 from tests.support.waiting import until
 
 SERVICE = "gensearch.test.v1.ShareService"
@@ -32,75 +33,31 @@ LIMIT, SHARE = 6, 3
 SETTING = "GENSEARCH_GATEWAY_MAX_CONCURRENT_RPCS_PER_TENANT"
 
 
-def _ident(b: bytes) -> bytes:
-    return b
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.open = asyncio.Event()
-        self.held = 0
-
-    async def hold(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        self.held += 1
-        await self.open.wait()
-        return b"held"
-
-    async def stream(
-        self, request: bytes, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
-        yield b"first"
-        await self.hold(request, context)
-
-
-async def quick(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    return b"quick"
-
-
-Served = tuple[GrpcServer, grpc.aio.Channel, Gate]
-
-
 @contextlib.asynccontextmanager
-async def _serving(keys: str, admission: Admission | None = None) -> AsyncIterator[Served]:
+async def _serving(
+    keys: str, admission: Admission | None = None, share: int | None = SHARE
+) -> AsyncIterator[Served]:
     """A real server with the gateway's settings class (the share is its, the refusal
-    names its variable) at LIMIT calls, SHARE of them a tenant's, ``keys`` its API keys."""
-    gate = Gate()
-
-    def register(_servicer: object, server: grpc.aio.Server) -> None:
-        kw = {"request_deserializer": _ident, "response_serializer": _ident}
-        handlers = {
-            "Hold": grpc.unary_unary_rpc_method_handler(gate.hold, **kw),
-            "Quick": grpc.unary_unary_rpc_method_handler(quick, **kw),
-            "HoldStream": grpc.unary_stream_rpc_method_handler(gate.stream, **kw),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-
+    names its variable) at LIMIT calls, ``share`` of them a tenant's (None: unset, the
+    gateway's default, half of LIMIT), ``keys`` its API keys."""
     settings = GatewaySettings(
         api_keys=SecretStr(keys),
         max_concurrent_rpcs=LIMIT,
-        max_concurrent_rpcs_per_tenant=SHARE,
+        max_concurrent_rpcs_per_tenant=share,
         metrics_port=None,
     )
-    server = GrpcServer(settings, port=0, admission=admission)
-    server.add_service(register, None, SERVICE)
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield server, channel, gate
-    finally:
-        gate.open.set()
-        await channel.close()
-        await server.stop(0)
+    async with serving(settings, SERVICE, admission) as served:
+        yield served
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    async with _serving(KEYS) as serving:
-        yield serving
+    async with _serving(KEYS) as started:
+        yield started
 
 
 def _unary(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
-    return channel.unary_unary(f"/{SERVICE}/{name}", _ident, _ident)
+    return unary(channel, SERVICE, name)
 
 
 async def _outcome(call: asyncio.Future[bytes]) -> bytes | grpc.aio.AioRpcError:
@@ -134,33 +91,38 @@ def _refused_by_the_share(err: BaseException | None) -> None:
     assert SETTING in (err.details() or "")
 
 
+# Unset, the gateway's share is half of its limit, LIMIT // 2 == SHARE: the same flood
+# holds it. Before call_share, the unset share stayed 500 whatever the limit, the flood
+# held all LIMIT slots and the other tenant's calls were refused MAX_CONCURRENT_RPCS.
+@pytest.mark.parametrize("share", [SHARE, None], ids=["set", "unset"])
 async def test_a_flooding_tenant_gets_its_share_and_the_other_tenant_is_answered(
-    served: tuple[GrpcServer, grpc.aio.Channel, Gate],
+    share: int | None,
 ) -> None:
-    server, channel, gate = served
-    flood = await _flood(channel, gate)
-    for call in flood:
-        if call.done():
-            _refused_by_the_share(call.exception())
-    assert server.call_slots.held_by("noisy") == SHARE
-    # During the flood, every slot but the flooder's share answers the other tenant.
-    quiet = [
-        _unary(channel, "Quick")(b"", metadata=QUIET, timeout=10) for _ in range(LIMIT - SHARE)
-    ]
-    assert await asyncio.gather(*quiet) == [b"quick"] * (LIMIT - SHARE)
-    gate.open.set()
-    held = [await call for call in flood if not call.done() or call.exception() is None]
-    assert held == [b"held"] * SHARE
-    # Every slot given back: the flooder's share is whole again.
-    assert server.call_slots.in_flight == 0 and server.call_slots.held_by("noisy") == 0
-    assert await _unary(channel, "Quick")(b"", metadata=NOISY, timeout=10) == b"quick"
+    assert LIMIT // 2 == SHARE
+    async with _serving(KEYS, share=share) as (server, channel, gate):
+        flood = await _flood(channel, gate)
+        for call in flood:
+            if call.done():
+                _refused_by_the_share(call.exception())
+        assert server.call_slots.held_by("noisy") == SHARE
+        # During the flood, every slot but the flooder's share answers the other tenant.
+        quiet = [
+            _unary(channel, "Quick")(b"", metadata=QUIET, timeout=10) for _ in range(LIMIT - SHARE)
+        ]
+        assert await asyncio.gather(*quiet) == [b"quick"] * (LIMIT - SHARE)
+        gate.open.set()
+        held = [await call for call in flood if not call.done() or call.exception() is None]
+        assert held == [b"held"] * SHARE
+        # Every slot given back: the flooder's share is whole again.
+        assert server.call_slots.in_flight == 0 and server.call_slots.held_by("noisy") == 0
+        assert await _unary(channel, "Quick")(b"", metadata=NOISY, timeout=10) == b"quick"
 
 
 async def test_streams_count_in_the_share_and_give_it_back_when_cancelled(
-    served: tuple[GrpcServer, grpc.aio.Channel, Gate],
+    served: Served,
 ) -> None:
     server, channel, _ = served
-    stream = channel.unary_stream(f"/{SERVICE}/HoldStream", _ident, _ident)
+    stream = channel.unary_stream(f"/{SERVICE}/HoldStream", ident, ident)
     streams = [stream(b"", metadata=NOISY, timeout=30) for _ in range(SHARE)]
     for call in streams:
         assert await call.read() == b"first"
