@@ -15,19 +15,27 @@ from pathlib import Path
 import pytest
 
 
-def test_health_at_a_closed_port_says_to_start_the_stack(node: str, typescript_build: Path) -> None:
-    with socket.socket() as bound:  # refuses every connection while the test runs
+def _run_at_a_closed_port(node: str, program: Path) -> tuple[str, str]:
+    """Runs ``program`` against a loopback port that refuses every connection; checks it
+    failed with one line on stderr, nothing on stdout, exit 1. Returns the address and
+    that line."""
+    with socket.socket() as bound:  # refuses every connection while the program runs
         bound.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{bound.getsockname()[1]}"
         env = {**os.environ, "GENSEARCH_ADDRESS": address, "GENSEARCH_API_KEY": ""}
         proc = subprocess.run(
-            [node, str(typescript_build / "health.js")],
+            [node, str(program)],
             env=env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout == ""
     line = proc.stderr.strip()
     assert "\n" not in line, line
+    return address, line
+
+
+def test_health_at_a_closed_port_says_to_start_the_stack(node: str, typescript_build: Path) -> None:
+    address, line = _run_at_a_closed_port(node, typescript_build / "health.js")
     # The code's canonical name as reason (no ErrorInfo), the address, the hint, Node's text.
     assert line.startswith(f"UNAVAILABLE: cannot reach the gateway at {address}: "), line
     assert "is the stack up (`make run`)" in line and "GENSEARCH_ADDRESS" in line, line
@@ -42,17 +50,6 @@ def test_an_example_at_a_closed_port_says_so_in_one_line(
     ~40-line dump of the ConnectError, whose text for a gateway not up was Node's "connect
     ECONNREFUSED" alone. gatewayEnv.ts (which every program imports) now prints the call's
     error as health.js does."""
-    with socket.socket() as bound:  # refuses every connection while the test runs
-        bound.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{bound.getsockname()[1]}"
-        env = {**os.environ, "GENSEARCH_ADDRESS": address, "GENSEARCH_API_KEY": ""}
-        proc = subprocess.run(
-            [node, str(typescript_build / program)],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stdout == ""
-    line = proc.stderr.strip()
-    assert "\n" not in line, line
+    address, line = _run_at_a_closed_port(node, typescript_build / program)
     assert line.startswith(f"UNAVAILABLE: cannot reach the gateway at {address}: "), line
     assert "is the stack up (`make run`)" in line, line
