@@ -7,6 +7,7 @@ longer than Redis makes it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -218,3 +219,84 @@ async def test_a_listing_split_by_the_move_is_refused_with_when_to_retry(
     assert [pb.Interaction.FromString(i).input for i in page.items] == ["l2", "l1", "l0"]
     got = await reader.get_interactions(OWNER, [turn.interaction_id for turn in turns])
     assert [i.input if i else None for i in got] == ["l0", "l1", "l2"]
+
+
+# Each try of a key's read that the half-set move below refuses is redis-py's 16 sends,
+# alternating between the nodes: 8 of them refused by the target (MOVED), counted by its
+# commandstats as rejected EXISTS calls.
+_TARGET_REFUSALS_PER_TRY = 8
+
+
+async def _rejected_exists(client: Any) -> int:
+    """The EXISTS calls ``client``'s node refused (a redirection), from its commandstats."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_exists", {}).get("rejected_calls", 0))
+
+
+@pytest.mark.slow
+async def test_a_read_of_many_keys_mid_move_shares_one_wait(
+    own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
+) -> None:
+    """The per-key reads of a many-turn read a move refused (``_present``) share the
+    store's one ``slot_move_wait``: past it, the read ends UNAVAILABLE cause SLOT_MOVING
+    with RetryInfo. Before, each key got the whole wait anew, so a read of many keys each
+    refused a while lasted that wait times their number (bounded only by the deadline).
+
+    The move is held between keys: the source MIGRATING and the target not IMPORTING, so
+    a read of a key missing on the source bounces between them until redis-py gives up
+    (refused, sent again). A key is let through (written on the source, found) only once
+    the target has refused it ``tries`` tries, counted in the target's commandstats: no
+    clock in the test. The store's pauses between tries never sleep less than half their
+    nominal length, so each key costs at least ``floor`` seconds of them, and six keys
+    more than the wait: the shared wait must run out before the last key is let through.
+    Each key alone (at most twice ``floor`` plus the tries) fits in the wait, as the old
+    code gave it: there the read answered every key."""
+    tries = 6
+    # The nominal pauses after the first six refused tries (store.SLOT_MOVE_*_PAUSE,
+    # doubled from 0.01 s up to 0.25 s), each slept for at least half.
+    floor = (0.01 + 0.02 + 0.04 + 0.08 + 0.16 + 0.25) / 2
+    wait = 1.2
+    store = make_store(slot_move_wait=wait)
+    tag = store.tag(OWNER)
+    names = [keys.interaction(tag, f"{n:026d}") for n in range(6)]
+    assert len(names) * floor > wait >= 2 * floor
+    slot, source, target = _move(own_cluster)
+    target_id = await own_cluster.node_id(target)
+    let_through: list[str] = []
+
+    async def let_each_through_after_its_tries() -> None:
+        async with source.client() as src, target.client() as dst:
+            for name in names:
+                base = await _rejected_exists(dst)
+                # Polled: the count is the target's, no event of ours to wait on.
+                while True:
+                    if await _rejected_exists(dst) - base >= tries * _TARGET_REFUSALS_PER_TRY:
+                        break
+                    await asyncio.sleep(0.002)
+                # The store is in its pause after the last refused try: the key written
+                # on the source (which, MIGRATING, refuses a write of a missing key), one
+                # pipelined send, so that the next key meets the held move again.
+                pipe = src.pipeline(transaction=False)
+                pipe.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+                pipe.set(name, "x")
+                pipe.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+                await pipe.execute()
+                let_through.append(name)
+
+    async with source.client() as src:
+        await src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    gate = asyncio.create_task(let_each_through_after_its_tries())
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await store._present(names)
+    finally:
+        gate.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gate
+    err = caught.value
+    assert (err.reason, err.metadata, err.retry_after) == (
+        "STORE_UNAVAILABLE",
+        {"cause": "SLOT_MOVING"},
+        1.0,
+    )
+    assert len(let_through) < len(names)  # refused on a key before the last one's turn
