@@ -108,23 +108,23 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
     return False
 
 
-async def _health(address: str, timeout: float) -> float:
-    """Seconds a fresh client needs for a SERVING answer (a new connection each time)."""
-    started = time.perf_counter()
+async def _health(address: str, timeout: float) -> None:
+    """A fresh client gets a SERVING answer within ``timeout`` (a new connection each
+    time); DEADLINE_EXCEEDED otherwise."""
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=True
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    return time.perf_counter() - started
 
 
 async def test_health_answers_while_idle_sockets_pile_up(gateway: str) -> None:
     sockets = await asyncio.to_thread(_open_idle, gateway, IDLE_SOCKETS)
     try:
         # Before the fix the gateway ran out of descriptors at its soft limit (256): this
-        # check then waited for gRPC's 120 s handshake timeout.
-        assert await _health(gateway, timeout=5) < 5
+        # check then waited for gRPC's 120 s handshake timeout, past this deadline (the
+        # deadline is the bound; its margin is for a loaded machine).
+        await _health(gateway, timeout=30)
         # The silent sockets are closed after handshake_timeout (2 s here), freeing their
         # descriptors (before the fix: 120 s).
         closed = await asyncio.to_thread(
@@ -134,7 +134,7 @@ async def test_health_answers_while_idle_sockets_pile_up(gateway: str) -> None:
     finally:
         for sock in sockets:
             sock.close()
-    assert await _health(gateway, timeout=5) < 5
+    await _health(gateway, timeout=30)
 
 
 async def test_idle_http2_connections_are_closed(gateway: str) -> None:
