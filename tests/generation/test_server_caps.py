@@ -35,6 +35,7 @@ async def test_calls_over_the_cap_get_resource_exhausted(
     assert dict(info.metadata) == {
         "limit": "2",
         "setting": "GENSEARCH_GENERATION_MAX_CONCURRENT_RPCS",
+        "scope": "server",
     }
     assert [r.text for r in await asyncio.gather(*busy)] == ["q0", "q1"]
     # Below the cap again.
