@@ -98,6 +98,11 @@ def _env(data_dir: Path, collector_port: int, **variables: str) -> dict[str, str
     return env
 
 
+def _prefixed(service: str, **variables: str) -> dict[str, str]:
+    """The variables named as ``service`` reads them: ``GENSEARCH_<SERVICE>_<name>``."""
+    return {f"GENSEARCH_{service.upper()}_{k}": v for k, v in variables.items()}
+
+
 async def _create_books(channel: grpc.aio.Channel) -> None:
     retrieval = ret_grpc.RetrievalServiceStub(channel)  # the gateway serves it too
     await retrieval.CreateCollection(
@@ -177,43 +182,22 @@ async def test_four_processes_one_trace_each_metrics_and_a_redis_cluster(
         async with FakeOpenAI() as fake:
             provider = {"name": "fake", "base_url": fake.base_url, "default_model": "fake-model"}
             on_cluster = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"}
-            await processes.start(
-                "memory",
-                _env(
-                    tmp_path / "memory", collector_port,
-                    GENSEARCH_MEMORY_PORT="0", GENSEARCH_MEMORY_METRICS_PORT="0",
-                    **{f"GENSEARCH_MEMORY_{k}": v for k, v in on_cluster.items()},
-                ),
-            )  # fmt: skip
-            await processes.start(
-                "retrieval",
-                _env(
-                    tmp_path / "retrieval", collector_port,
-                    GENSEARCH_RETRIEVAL_PORT="0", GENSEARCH_RETRIEVAL_METRICS_PORT="0",
-                ),
-            )  # fmt: skip
-            await processes.start(
-                "generation",
-                _env(
-                    tmp_path / "generation", collector_port,
-                    GENSEARCH_GENERATION_PORT="0", GENSEARCH_GENERATION_METRICS_PORT="0",
-                    GENSEARCH_GENERATION_PROVIDERS=json.dumps([provider]),
-                    GENSEARCH_GENERATION_DEFAULT_PROVIDER="fake",
-                ),
-            )  # fmt: skip
-            gateway = await processes.start(
-                "gateway",
-                _env(
-                    tmp_path / "gateway", collector_port,
-                    GENSEARCH_GATEWAY_PORT="0", GENSEARCH_GATEWAY_METRICS_PORT="0",
-                    GENSEARCH_API_KEYS=KEYS,
-                    **{f"GENSEARCH_GATEWAY_{k}": v for k, v in on_cluster.items()},
-                    **{
-                        f"GENSEARCH_GATEWAY_{name.upper()}_ADDR": processes.addresses[name]
-                        for name in ("memory", "retrieval", "generation")
-                    },
-                ),
-            )  # fmt: skip
+            generation = {"PROVIDERS": json.dumps([provider]), "DEFAULT_PROVIDER": "fake"}
+            # Each service's own documented variables, in the order the processes start.
+            own = {
+                "memory": _prefixed("memory", **on_cluster),
+                "retrieval": {},
+                "generation": _prefixed("generation", **generation),
+                "gateway": {"GENSEARCH_API_KEYS": KEYS, **_prefixed("gateway", **on_cluster)},
+            }
+            for name, variables in own.items():
+                if name == "gateway":  # started last: the other three's addresses are known
+                    addresses = {f"{k.upper()}_ADDR": v for k, v in processes.addresses.items()}
+                    variables |= _prefixed(name, **addresses)
+                ports = _prefixed(name, PORT="0", METRICS_PORT="0")
+                env = _env(tmp_path / name, collector_port, **ports, **variables)
+                await processes.start(name, env)
+            gateway = processes.addresses["gateway"]
             async with grpc.aio.insecure_channel(gateway) as channel:
                 stub = gw_grpc.GatewayServiceStub(channel)
                 await _create_books(channel)

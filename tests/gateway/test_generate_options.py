@@ -366,13 +366,18 @@ async def test_a_mistyped_provider_names_the_closest(stack: Stack) -> None:
     assert stack.fake.chat_requests == []
 
 
-async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
-    stack_factory: StackFactory,
+@pytest.mark.parametrize(
+    ("configured", "suggestion"), [("nosuch", None), ("fakee", "fake")], ids=["unknown", "mistyped"]
+)
+async def test_a_bad_gateway_default_provider_is_named_as_the_setting(
+    stack_factory: StackFactory, configured: str, suggestion: str | None
 ) -> None:
     # The gateway cannot check GENSEARCH_GATEWAY_DEFAULT_PROVIDER at start: the providers
     # are the generation service's. A request that names none was refused INVALID_ARGUMENT
-    # on generate.provider, a field the caller never sent, for the operator's setting.
-    stack = await stack_factory(default_provider="nosuch")
+    # on generate.provider, a field the caller never sent, for the operator's setting. An
+    # operator's typo is suggested as a caller's is: the setting's refusal had no "did you
+    # mean" nor metadata suggestion before (only callers' fields had them).
+    stack = await stack_factory(default_provider=configured)
     # A collection without generative defaults: the gateway's default applies.
     await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
     ask = gw_pb.AskRequest(
@@ -396,41 +401,18 @@ async def test_an_unknown_gateway_default_provider_is_named_as_the_setting(
             field,
             "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
         )
-        assert "GENSEARCH_GATEWAY_DEFAULT_PROVIDER" in (caught.value.details() or "")
+        details = caught.value.details() or ""
+        assert "GENSEARCH_GATEWAY_DEFAULT_PROVIDER" in details
+        assert info.metadata.get("suggestion") == suggestion
+        if suggestion is not None:
+            assert f"did you mean '{suggestion}'?" in details
+    assert stack.fake.chat_requests == []
     # A request naming a provider of its own is answered.
     response = await stack.stub.GenerativeSearch(
         books_search(single_prompt="About {title}", provider="fake"), metadata=ALICE
     )
     assert all(h.generation.result for h in response.hits)
     assert len(stack.fake.chat_requests) == len(response.hits)
-
-
-async def test_a_mistyped_gateway_default_provider_names_the_closest(
-    stack_factory: StackFactory,
-) -> None:
-    # An operator's typo in GENSEARCH_GATEWAY_DEFAULT_PROVIDER is suggested as a caller's
-    # is. Failed before: the setting's refusal had no "did you mean" nor metadata
-    # suggestion (only callers' fields had them).
-    stack = await stack_factory(default_provider="fakee")
-    await create_books(stack, books=WITH_BODY, generative=ret_pb.GenerativeConfig())
-    ask = gw_pb.AskRequest(
-        collection="Books", llm_question="Which?", near_vector=ret_pb.NearVector(vector=[0.5] * DIM)
-    )
-    for call in (
-        stack.stub.GenerativeSearch(books_search(single_prompt="About {title}"), metadata=ALICE),
-        stack.stub.Ask(ask, metadata=ALICE),
-    ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        info = error_info(caught.value)
-        assert (info.reason, info.metadata["setting"], info.metadata["suggestion"]) == (
-            "UNKNOWN_PROVIDER",
-            "GENSEARCH_GATEWAY_DEFAULT_PROVIDER",
-            "fake",
-        )
-        assert "did you mean 'fake'?" in (caught.value.details() or "")
-    assert stack.fake.chat_requests == []
 
 
 async def test_an_unknown_gateway_default_model_is_named_as_the_setting(

@@ -26,7 +26,7 @@ from services.gateway.clients.generation import GenerationClient
 from services.gateway.settings import GatewaySettings
 from services.generation.__main__ import build_server as build_generation
 from services.generation.settings import GenerationSettings
-from tests.gateway.conftest import ALICE, BOB, TOKEN, StackFactory, fake_provider
+from tests.gateway.conftest import ALICE, BOB, TOKEN, Stack, StackFactory, fake_provider
 from tests.support.fake_openai import Behaviour, FakeOpenAI
 
 
@@ -40,6 +40,31 @@ def _objects(count: int, prefix: str, **generate: Any) -> gw_pb.GenerateOnObject
         inline=gw_pb.InlineObjects(objects=objects),
         generate=gw_pb.Generate(single_prompt="Say {name}", **generate),
     )
+
+
+async def _share_stack(stack_factory: StackFactory, fake: FakeOpenAI, **settings: Any) -> Stack:
+    """A gateway of 4 generation slots, a share of 2 a tenant and one hit a request, in
+    front of a fake whose "slow-model" never answers within a call's deadline."""
+    fake.by_model["slow-model"] = Behaviour.hang(60)
+    return await stack_factory(
+        generation_max_in_flight=4, generation_max_in_flight_per_tenant=2, max_hits=1, **settings
+    )
+
+
+def _alices_slow_calls(
+    stack: Stack, count: int
+) -> list[asyncio.Task[gw_pb.GenerateOnObjectsResponse]]:
+    """``count`` calls of Alice's to "slow-model" at once, each with a 4 s deadline."""
+    slow = duration_pb2.Duration(seconds=4)
+
+    async def call(n: int) -> gw_pb.GenerateOnObjectsResponse:
+        request = _objects(1, f"a{n}-", model="slow-model", timeout=slow)
+        response: gw_pb.GenerateOnObjectsResponse = await stack.stub.GenerateOnObjects(
+            request, metadata=ALICE
+        )
+        return response
+
+    return [asyncio.create_task(call(n)) for n in range(count)]
 
 
 def _refused(reason: str) -> float:
@@ -139,20 +164,8 @@ async def test_a_tenant_holding_its_share_leaves_the_other_slots_to_other_tenant
     and another tenant's one call then waited for one of them to end, a minute-long LLM
     call, and failed GENERATION_IN_FLIGHT_WAIT. Now a tenant holds at most
     GENERATION_MAX_IN_FLIGHT_PER_TENANT; the slots past it serve the others at once."""
-    fake.by_model["slow-model"] = Behaviour.hang(60)
-    stack = await stack_factory(
-        generation_max_in_flight=4, generation_max_in_flight_per_tenant=2, max_hits=1
-    )
-    slow = duration_pb2.Duration(seconds=4)
-
-    async def noisy_call(n: int) -> gw_pb.GenerateOnObjectsResponse:
-        request = _objects(1, f"a{n}-", model="slow-model", timeout=slow)
-        response: gw_pb.GenerateOnObjectsResponse = await stack.stub.GenerateOnObjects(
-            request, metadata=ALICE
-        )
-        return response
-
-    noisy = [asyncio.create_task(noisy_call(n)) for n in range(6)]
+    stack = await _share_stack(stack_factory, fake)
+    noisy = _alices_slow_calls(stack, 6)
     for _ in range(200):  # until Alice's share is running, her others waiting
         if len(fake.chat_requests) >= 2:
             break
@@ -315,28 +328,12 @@ async def test_a_gateway_of_one_tenant_gives_it_every_slot_whatever_the_share(
     only tenant to GENERATION_MAX_IN_FLIGHT_PER_TENANT (500 of 1000 by default): half the
     slots idled while its calls waited. Now the share is off there, as the call share,
     and an explicitly set share says so at WARNING."""
-    fake.by_model["slow-model"] = Behaviour.hang(60)
     with caplog.at_level("INFO"):
-        stack = await stack_factory(
-            api_keys="alice:key-alice-123",
-            generation_max_in_flight=4,
-            generation_max_in_flight_per_tenant=2,
-            max_hits=1,
-        )
+        stack = await _share_stack(stack_factory, fake, api_keys="alice:key-alice-123")
     off = [r for r in caplog.records if "GENERATION_MAX_IN_FLIGHT_PER_TENANT is off" in r.message]
     assert [r.levelname for r in off] == ["WARNING"]
     assert "the one tenant 'alice'" in off[0].getMessage()
-    slow = duration_pb2.Duration(seconds=4)
-
-    async def call(n: int) -> gw_pb.GenerateOnObjectsResponse:
-        request = _objects(1, f"a{n}-", model="slow-model", timeout=slow)
-        response: gw_pb.GenerateOnObjectsResponse = await stack.stub.GenerateOnObjects(
-            request, metadata=ALICE
-        )
-        return response
-
-    calls = [asyncio.create_task(call(n)) for n in range(4)]
-    results = [(await task).hits[0].generation for task in calls]
+    results = [(await task).hits[0].generation for task in _alices_slow_calls(stack, 4)]
     # Every one of the four slots served her: each call reached the LLM (and ran out of
     # time there); none waited for a slot of a share.
     assert sum(r.json["model"] == "slow-model" for r in fake.chat_requests) == 4

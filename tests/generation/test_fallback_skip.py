@@ -226,27 +226,6 @@ async def test_a_primary_whose_own_default_max_tokens_breaks_its_budget_is_skipp
     assert fake.chat_requests == []
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_the_last_pair_kept_failing_names_the_pairs_skipped(
-    fake: FakeOpenAI,
-    small: FakeOpenAI,
-    big: FakeOpenAI,
-    start_service: StartService,
-    stream: bool,
-) -> None:
-    """The caller is told its fallback pairs were never tried: ErrorInfo metadata
-    ``skipped_fallbacks`` (their fallback_index). Failed before: a plain UNAVAILABLE."""
-    svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
-    fake.by_model["fake-model"] = Behaviour.error(503)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await answer(
-            svc, stream, messages=[user(LONG)], fallback=[pb.ModelChoice(provider="small")]
-        )
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert error_info(caught.value).metadata["skipped_fallbacks"] == "1"
-    assert small.chat_requests == []
-
-
 async def _last_pair_error(svc: Service, stream: bool, timeout: float) -> grpc.aio.AioRpcError:
     """The error of a call with a prompt too long for the chain's one pair ("small"), so
     the primary is the last pair kept, with ``fallback[0]`` skipped."""
@@ -264,40 +243,42 @@ async def _last_pair_error(svc: Service, stream: bool, timeout: float) -> grpc.a
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_an_upstream_4xx_of_the_last_pair_kept_names_no_skipped_pair(
+@pytest.mark.parametrize(
+    ("behaviour", "timeout", "code", "skipped"),
+    [
+        # A 5xx would have moved on: the caller is told its fallback pair was never tried
+        # (its fallback_index). Failed before: a plain UNAVAILABLE.
+        pytest.param(Behaviour.error(503), 10, grpc.StatusCode.UNAVAILABLE, "1", id="503"),
+        # A 400 never moves on to a next pair: the skipped pair would not have been tried
+        # either, so the error does not name it (docs/generation.md). Failed before:
+        # ``skipped_fallbacks`` "1" on the 400.
+        pytest.param(Behaviour.error(400), 10, grpc.StatusCode.INVALID_ARGUMENT, None, id="400"),
+        # The call's own deadline ends any chain. Failed before: ``skipped_fallbacks`` "1"
+        # on the deadline's DEADLINE_EXCEEDED.
+        pytest.param(
+            Behaviour.hang(60), 1.5, grpc.StatusCode.DEADLINE_EXCEEDED, None, id="deadline"
+        ),
+    ],
+)
+async def test_the_last_pair_kept_failing_names_the_skipped_pairs_that_would_have_been_tried(
     fake: FakeOpenAI,
     small: FakeOpenAI,
     big: FakeOpenAI,
     start_service: StartService,
     stream: bool,
+    behaviour: Behaviour,
+    timeout: float,
+    code: grpc.StatusCode,
+    skipped: str | None,
 ) -> None:
-    """A 400 never moves on to a next pair: the skipped pair would not have been tried
-    either, so the error does not name it (docs/generation.md). Failed before:
-    ``skipped_fallbacks`` "1" on the 400."""
+    """ErrorInfo metadata ``skipped_fallbacks`` names the pairs never tried, only when the
+    last pair kept failed with an error that would have moved on to a next pair."""
     svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
-    fake.by_model["fake-model"] = Behaviour.error(400)
-    err = await _last_pair_error(svc, stream, timeout=10)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "skipped_fallbacks" not in error_info(err).metadata
-    assert small.chat_requests == []
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_the_deadline_ending_the_last_pair_kept_names_no_skipped_pair(
-    fake: FakeOpenAI,
-    small: FakeOpenAI,
-    big: FakeOpenAI,
-    start_service: StartService,
-    stream: bool,
-) -> None:
-    """The call's own deadline ends any chain: the error does not name the skipped pair.
-    Failed before: ``skipped_fallbacks`` "1" on the deadline's DEADLINE_EXCEEDED."""
-    svc = await start_service(_providers(fake, small, big), retry_max_attempts=1)
-    fake.by_model["fake-model"] = Behaviour.hang(60)
-    err = await _last_pair_error(svc, stream, timeout=1.5)
-    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # The service's own answer (ErrorInfo), not the client's bare cut.
-    assert "skipped_fallbacks" not in error_info(err).metadata
+    fake.by_model["fake-model"] = behaviour
+    err = await _last_pair_error(svc, stream, timeout=timeout)
+    assert err.code() == code
+    # The service's own answer (ErrorInfo), the deadline's too, not the client's bare cut.
+    assert error_info(err).metadata.get("skipped_fallbacks") == skipped
     assert small.chat_requests == []
 
 
