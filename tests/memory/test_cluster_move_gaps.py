@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from gensearch.memory.v1 import memory_service_pb2 as pb
+from redis.asyncio.cluster import RedisCluster
 
 from services.common.errors import Unavailable
 from services.memory import keys
@@ -221,10 +222,11 @@ async def test_a_listing_split_by_the_move_is_refused_with_when_to_retry(
     assert [i.input if i else None for i in got] == ["l0", "l1", "l2"]
 
 
-# Each try of a key's read that the half-set move below refuses is redis-py's 16 sends,
-# alternating between the nodes: 8 of them refused by the target (MOVED), counted by its
-# commandstats as rejected EXISTS calls.
-_TARGET_REFUSALS_PER_TRY = 8
+# Each try of a key's read that the half-set move below refuses is redis-py's sends of one
+# command (its cluster client's RedisClusterRequestTTL, 16 today), alternating between the
+# nodes: half of them refused by the target (MOVED), counted by its commandstats as
+# rejected EXISTS calls.
+_TARGET_REFUSALS_PER_TRY = RedisCluster.RedisClusterRequestTTL // 2
 
 
 async def _rejected_exists(client: Any) -> int:
@@ -237,8 +239,9 @@ async def _rejected_exists(client: Any) -> int:
 async def test_a_read_of_many_keys_mid_move_shares_one_wait(
     own_cluster: LocalCluster, make_store: Callable[..., MemoryStore]
 ) -> None:
-    """The per-key reads of a many-turn read a move refused (``_present``) share the
-    store's one ``slot_move_wait``: past it, the read ends UNAVAILABLE cause SLOT_MOVING
+    """The per-key reads of a many-turn read a move refused (GetInteractions naming turns
+    that do not exist: each turn's key read alone) share the store's one
+    ``slot_move_wait``: past it, the read ends UNAVAILABLE cause SLOT_MOVING
     with RetryInfo. Before, each key got the whole wait anew, so a read of many keys each
     refused a while lasted that wait times their number (bounded only by the deadline).
 
@@ -288,7 +291,7 @@ async def test_a_read_of_many_keys_mid_move_shares_one_wait(
     gate = asyncio.create_task(let_each_through_after_its_tries())
     try:
         with pytest.raises(Unavailable) as caught:
-            await store._present(names)
+            await store.get_interactions(OWNER, [f"{n:026d}" for n in range(len(names))])
     finally:
         gate.cancel()
         with contextlib.suppress(asyncio.CancelledError):
