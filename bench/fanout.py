@@ -14,8 +14,14 @@ Measured side by side:
     requests (the floor), a pool of 10 at a time (Weaviate's way), LangChain's
     ``ChatOpenAI(...).abatch``; and through the generation service without the gateway:
     N Generate calls at once, and a sequential loop;
+  * the same gateway (a second gateway process, at defaults) in front of K generation
+    replicas (``--generation-replicas``, 2 by default; 0 leaves the column out), each its
+    own process, reached as docs/gateway.md documents for replicas: one target resolving to
+    every replica's address (here the ``ipv4:`` list of their loopback addresses), round
+    robin over them; does another replica move the generation service's CPU per hit?
   * where the time goes at N = 100: CPU seconds per hit of the gateway and generation
-    processes (utime + stime from /proc/<pid>/stat over a few searches);
+    processes (utime + stime from /proc/<pid>/stat over a few searches), and with K
+    replicas, of that gateway and of each replica;
   * gateway overhead: a search with no generation through the gateway vs calling
     retrieval directly (p50, p90), and a forwarded RetrievalService/Search;
   * first-token latency through StreamGenerativeSearch, from the fake endpoint making its
@@ -23,6 +29,7 @@ Measured side by side:
     reading the token event.
 
     .venv/bin/python bench/fanout.py [--latency 0.2] [--sizes 1,10,25,50,100,200] [--repeat 3]
+                                     [--generation-replicas 2]
     .venv/bin/python bench/fanout.py --summary     # the headline figures only, as JSON
 """
 
@@ -54,7 +61,7 @@ from pydantic import SecretStr  # noqa: E402
 
 from bench.fake_llm import first_token_gap  # noqa: E402
 from bench.report import Figures, machine, pct, timed  # noqa: E402
-from bench.stack import IDENTITY, Stack, load_vectors, provider  # noqa: E402
+from bench.stack import IDENTITY, ServiceProcess, Stack, load_vectors, provider  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
 
 DIM = 8
@@ -65,13 +72,16 @@ FULL_SIZES = (1, 10, 25, 50, 100, 200)
 CPU_HITS = 100
 CPU_ROUNDS = 5
 HEADLINE_SIZES = (10, 25, 100)
+GENERATION_REPLICAS = 2
+MAX_REPLICAS = 16  # each its own process on a shared machine; 127.0.0.2 ... 127.0.0.16
 
 
 class Bench:
-    def __init__(self, stack: Stack, latency: float, jitter: float) -> None:
+    def __init__(self, stack: Stack, latency: float, jitter: float, replicas: int = 0) -> None:
         self.stack = stack
         self.latency = latency
         self.jitter = jitter
+        self.replicas = replicas  # generation replicas behind the second gateway; 0: none
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def start(self) -> None:
@@ -86,10 +96,37 @@ class Bench:
         self.processes = {"gateway": gateway, "generation": generation}
         gw_channel = stack.channel(gateway)
         self.gateway = gw_grpc.GatewayServiceStub(gw_channel)
+        if self.replicas:
+            await self._start_replicas(memory, retrieval, generation)
         self.gw_retrieval = ret_grpc.RetrievalServiceStub(gw_channel)
         self.retrieval = ret_grpc.RetrievalServiceStub(stack.channel(retrieval))
         self.generation = gen_grpc.GenerationServiceStub(stack.channel(generation))
         await self._load()
+
+    async def _start_replicas(
+        self, memory: ServiceProcess, retrieval: ServiceProcess, generation: ServiceProcess
+    ) -> None:
+        """A second gateway, at the same settings as the first, in front of ``replicas``
+        generation processes: the first gateway's one (idle while this gateway is timed,
+        the rounds run one call at a time) and ``replicas - 1`` more, alike, each on the
+        first one's port of its own loopback address (127.0.0.2, ...), as replicas behind
+        one DNS name are; the gateway's target lists them all
+        (``ipv4:127.0.0.1:P,127.0.0.2:P``) and it round-robins over them, as over the
+        addresses of a ``dns:///`` name (docs/gateway.md)."""
+        more = await asyncio.gather(
+            *(
+                self.stack.generation(
+                    {"fake": provider(self.llm_url)}, beside=generation, host=f"127.0.0.{i}"
+                )
+                for i in range(2, self.replicas + 1)
+            )
+        )
+        replicas = [generation, *more]
+        gateway = await self.stack.gateway(memory, retrieval, replicas, max_hits=MAX_HITS)
+        self.replica_processes = {"gateway": gateway} | {
+            f"generation replica {i}": replica for i, replica in enumerate(replicas, 1)
+        }
+        self.replicated = gw_grpc.GatewayServiceStub(self.stack.channel(gateway))
 
     async def close(self) -> None:
         await self.http.close()
@@ -107,7 +144,11 @@ class Bench:
         )
 
     # -- fan-out ---------------------------------------------------------------------------
-    async def gateway_fanout(self, n: int, max_concurrency: int = 0) -> float:
+    async def gateway_fanout(
+        self, n: int, max_concurrency: int = 0, gateway: gw_grpc.GatewayServiceStub | None = None
+    ) -> float:
+        """One GenerativeSearch of ``n`` hits through ``gateway`` (the first one by default)."""
+        stub = gateway or self.gateway
         request = gw_pb.GenerativeSearchRequest(
             collection="Bench",
             near_vector=ret_pb.NearVector(vector=[0.5] * DIM),
@@ -118,7 +159,7 @@ class Bench:
         )
 
         async def call() -> None:
-            response = await self.gateway.GenerativeSearch(request, timeout=60)
+            response = await stub.GenerativeSearch(request, timeout=60)
             failed = [h for h in response.hits if h.generation.HasField("error")]
             assert len(response.hits) == n and not failed, failed[:1]
 
@@ -170,13 +211,20 @@ class Bench:
         prompts = [f"Summarise Book {i}" for i in range(n)]
         return await timed(lambda: chat.abatch(prompts))  # type: ignore[arg-type]
 
-    async def cpu_per_hit(self, n: int, rounds: int) -> dict[str, float]:
+    async def replicated_fanout(self, n: int) -> float:
+        return await self.gateway_fanout(n, gateway=self.replicated)
+
+    async def cpu_per_hit(self, n: int, rounds: int, replicated: bool = False) -> dict[str, float]:
         """CPU seconds (user + system) per hit of each service process over ``rounds``
-        searches of ``n`` hits."""
-        before = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items() if p.proc}
+        searches of ``n`` hits, through the first gateway or (``replicated``) the one in
+        front of the generation replicas. Per hit means per hit of the whole search, so a
+        replica that took half the hits shows about half the CPU per hit."""
+        processes = self.replica_processes if replicated else self.processes
+        stub = self.replicated if replicated else self.gateway
+        before = {name: cpu_seconds(p.proc.pid) for name, p in processes.items() if p.proc}
         for _ in range(rounds):
-            await self.gateway_fanout(n)
-        after = {name: cpu_seconds(p.proc.pid) for name, p in self.processes.items() if p.proc}
+            await self.gateway_fanout(n, gateway=stub)
+        after = {name: cpu_seconds(p.proc.pid) for name, p in processes.items() if p.proc}
         return {name: (after[name] - before[name]) / (n * rounds) for name in before}
 
     # -- the gateway's own cost ------------------------------------------------------------
@@ -256,8 +304,19 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
             target=fanout_target,
             when=lambda n: bool(DEFAULT_LIMIT) and n > DEFAULT_LIMIT,
         ),
-        Column("gather (floor)", bench.gather, "fan-out N={n}, asyncio.gather floor / L"),
     ]
+    if bench.replicas:
+        columns.append(
+            Column(
+                f"gateway, {bench.replicas} gen.",
+                bench.replicated_fanout,
+                f"fan-out N={{n}}, {bench.replicas} generation replicas / L",
+                target=fanout_target,
+            )
+        )
+    columns.append(
+        Column("gather (floor)", bench.gather, "fan-out N={n}, asyncio.gather floor / L")
+    )
     if not args.summary:
         columns += [
             Column("generation, gather", bench.generation_gather),
@@ -299,10 +358,13 @@ async def fanout_table(bench: Bench, args: argparse.Namespace, figures: Figures)
 async def run(args: argparse.Namespace) -> None:
     figures = Figures()
     async with Stack() as stack:
-        bench = Bench(stack, args.latency, args.jitter)
+        bench = Bench(stack, args.latency, args.jitter, args.generation_replicas)
         try:
             await bench.start()
             await bench.gateway_fanout(1)  # warm the channels
+            if bench.replicas:  # round robin: one call for each replica's connection
+                for _ in range(bench.replicas):
+                    await bench.replicated_fanout(1)
             await fanout_table(bench, args, figures)
 
             cpu = await bench.cpu_per_hit(CPU_HITS, CPU_ROUNDS)
@@ -312,6 +374,22 @@ async def run(args: argparse.Namespace) -> None:
             )
             for name, seconds in cpu.items():
                 figures.add(f"CPU per hit at N={CPU_HITS}, {name}", seconds * 1000, "ms")
+            if bench.replicas:
+                cpu = await bench.cpu_per_hit(CPU_HITS, CPU_ROUNDS, replicated=True)
+                print(
+                    f"CPU per hit at N={CPU_HITS} ({CPU_ROUNDS} searches) with "
+                    f"{bench.replicas} generation replicas: "
+                    + ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in cpu.items())
+                    + f" (generation, all replicas: "
+                    f"{sum(s for k, s in cpu.items() if k != 'gateway') * 1000:.2f} ms)"
+                )
+                for name, seconds in cpu.items():
+                    figures.add(
+                        f"CPU per hit at N={CPU_HITS}, {bench.replicas} generation replicas, "
+                        f"{name}",
+                        seconds * 1000,
+                        "ms",
+                    )
 
             samples = await bench.overhead(args.rounds)
             p50 = {k: pct(v, 0.5) * 1000 for k, v in samples.items()}
@@ -350,11 +428,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="overhead samples (default 500)")
     parser.add_argument("--token-rounds", type=int, default=30)
     parser.add_argument(
+        "--generation-replicas",
+        type=int,
+        default=GENERATION_REPLICAS,
+        metavar="K",
+        help="generation replicas behind a second gateway, a column of their own "
+        f"(default {GENERATION_REPLICAS}; 0: no such column)",
+    )
+    parser.add_argument(
         "--summary",
         action="store_true",
         help="headline figures only (default N = 10, 25, 100; fewer samples), JSON last",
     )
     args = parser.parse_args()
+    if args.generation_replicas not in (0, *range(2, MAX_REPLICAS + 1)):
+        # One replica is the "gateway (defaults)" column already; replica i binds 127.0.0.i.
+        parser.error(f"--generation-replicas: 0 (no such column) or 2 to {MAX_REPLICAS}")
     sizes = args.sizes or ",".join(map(str, HEADLINE_SIZES if args.summary else FULL_SIZES))
     args.sizes = [int(size) for size in sizes.split(",")]
     args.rounds = args.rounds or (300 if args.summary else 500)

@@ -193,7 +193,14 @@ class ServiceProcess:
     data dir on a new port."""
 
     def __init__(
-        self, name: str, port_var: str, env: dict[str, str], log: Path, root: Path = ROOT
+        self,
+        name: str,
+        port_var: str,
+        env: dict[str, str],
+        log: Path,
+        root: Path = ROOT,
+        *,
+        port: int = 0,
     ) -> None:
         self.name = name
         self.port_var = port_var
@@ -201,12 +208,15 @@ class ServiceProcess:
         self.log = log
         # The checkout whose code it runs (``python -m`` imports from its working directory).
         self.root = root
+        # The loopback address it binds (GENSEARCH_HOST) and, if not 0, the port it must.
+        self.host = env.get(HOST, "127.0.0.1")
+        self.fixed_port = port
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def service(self) -> str:
@@ -217,7 +227,7 @@ class ServiceProcess:
         # Port 0 where the port it bound can be read back (Linux): a port picked here would
         # be free only until the service binds it, seconds of imports later, and another
         # process (a parallel test's service or Redis) may take it in between.
-        self.port = 0 if owned_ports_known() else free_port()
+        self.port = self.fixed_port or (0 if owned_ports_known() else free_port())
         argv = die_with_parent([sys.executable, "-m", f"services.{self.name}"])
         log = await asyncio.to_thread(open, self.log, "ab")
         with log:
@@ -311,11 +321,18 @@ class Stack:
         }
 
     async def _service(
-        self, name: str, port_var: str, env: dict[str, str], *, label: str = "", root: Path = ROOT
+        self,
+        name: str,
+        port_var: str,
+        env: dict[str, str],
+        *,
+        label: str = "",
+        root: Path = ROOT,
+        port: int = 0,
     ) -> ServiceProcess:
         env = {**env, **self.extra_env.get(name, {})}
         log = self.work / f"{label or name}.log"
-        service = ServiceProcess(name, port_var, env, log, root)
+        service = ServiceProcess(name, port_var, env, log, root, port=port)
         self._services.append(service)
         return await service.start()
 
@@ -342,20 +359,35 @@ class Stack:
         return await self._service("retrieval", RETRIEVAL_PORT, env)
 
     async def generation(
-        self, providers: dict[str, dict[str, Any]], *, redis_url: str = ""
+        self,
+        providers: dict[str, dict[str, Any]],
+        *,
+        redis_url: str = "",
+        beside: ServiceProcess | None = None,
+        host: str = "127.0.0.2",
     ) -> ServiceProcess:
         """The generation service with these providers (name -> fields, see ``provider``);
-        the first is the default. ``redis_url``: where provider limits are counted."""
+        the first is the default. ``redis_url``: where provider limits are counted.
+
+        ``beside``: a replica of that (started) generation service on the same port of
+        another loopback address ``host`` (127.0.0.0/8 is all loopback on Linux), as
+        replicas behind one DNS name share a port; with its own data dir and log."""
         entries = [{"name": name, **fields} for name, fields in providers.items()]
+        label = "generation" if beside is None else f"generation-{host}"
         env = {
-            **self._common("generation"),
+            **self._common(label),
             GENERATION_METRICS_PORT: "0",
             GENERATION_PROVIDERS: json.dumps(entries),
             GENERATION_DEFAULT_PROVIDER: next(iter(providers)),
             GENERATION_LOCAL_LLM_AUTOSTART: "false",
             GENERATION_REDIS_URL: redis_url,
         }
-        return await self._service("generation", GENERATION_PORT, env)
+        if beside is None:
+            return await self._service("generation", GENERATION_PORT, env)
+        env[HOST] = host
+        return await self._service(
+            "generation", GENERATION_PORT, env, label=label, port=beside.port
+        )
 
     async def gateway(
         self,
@@ -368,8 +400,9 @@ class Stack:
         max_hits: int | None = None,
     ) -> ServiceProcess:
         """The gateway in front of the three (several generation replicas: round robin over
-        them); ``max_concurrency`` and ``max_hits`` None keep the defaults; ``redis_url``
-        gives it a Redis (quotas, the generation cache)."""
+        them, one ``ipv4:`` target listing their addresses); ``max_concurrency`` and
+        ``max_hits`` None keep the defaults; ``redis_url`` gives it a Redis (quotas, the
+        generation cache)."""
         replicas = generation if isinstance(generation, list) else [generation]
         env = {
             **self._common("gateway"),

@@ -43,10 +43,16 @@ async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
         "--token-rounds", "3",
     )  # fmt: skip
     fanout = [f for name, f in figures.items() if name.startswith("fan-out")]
-    # N = 3 and 40 through the gateway at its defaults (no cap) and beside gather.
-    assert len(fanout) == 4, sorted(figures)
+    # N = 3 and 40 through the gateway at its defaults (no cap), through a second gateway
+    # in front of 2 generation replicas (the default), and beside gather.
+    assert len(fanout) == 6, sorted(figures)
+    assert figures["fan-out N=40, 2 generation replicas / L"].target == "≤ 1.3 x L"
     cpu = [f for name, f in figures.items() if name.startswith("CPU per hit")]
-    assert len(cpu) == 2 and all(f.value > 0 and f.unit == "ms" for f in cpu), cpu
+    assert len(cpu) == 5 and all(f.value > 0 and f.unit == "ms" for f in cpu), cpu
+    # Each replica (127.0.0.1 and 127.0.0.2 on one port, one ipv4: target) spent CPU on
+    # hits: the gateway's round robin reached both.
+    for replica in (1, 2):
+        assert figures[f"CPU per hit at N=100, 2 generation replicas, generation replica {replica}"]
     # Every answer waits at least 0.9 x L, so nothing finishes sooner: a ratio below that
     # would mean the calls never reached the fake endpoint.
     assert all(f.value >= 0.9 and f.unit == "x L" for f in fanout), fanout
@@ -54,6 +60,24 @@ async def test_fanout_measures_the_gateway_beside_its_floor() -> None:
     first = figures["first token through StreamGenerativeSearch p50"]
     assert overhead.unit == first.unit == "ms"
     assert 0 < first.value < 1000
+
+
+async def test_fanout_spreads_hits_over_the_generation_replicas_asked_for() -> None:
+    """--generation-replicas 3: three replicas, the column named by their number, each
+    replica doing part of the hits; 0 leaves the column and its CPU figures out."""
+    figures = await summary(
+        "fanout", "--latency", "0.05", "--sizes", "2", "--repeat", "1", "--rounds", "5",
+        "--token-rounds", "1", "--generation-replicas", "3",
+    )  # fmt: skip
+    assert figures["fan-out N=2, 3 generation replicas / L"].value >= 0.9
+    for replica in (1, 2, 3):
+        name = f"CPU per hit at N=100, 3 generation replicas, generation replica {replica}"
+        assert figures[name].value > 0, figures[name]
+    figures = await summary(
+        "fanout", "--latency", "0.05", "--sizes", "2", "--repeat", "1", "--rounds", "5",
+        "--token-rounds", "1", "--generation-replicas", "0",
+    )  # fmt: skip
+    assert not [name for name in figures if "replica" in name], sorted(figures)
 
 
 async def test_rate_limits_keeps_two_gateways_within_the_providers_limit() -> None:
