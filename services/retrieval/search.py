@@ -110,7 +110,8 @@ class Searcher:
         query's embedding as EMBED_TIMEOUT does."""
         mode = request.WhichOneof("query")
         if mode is None:
-            raise InvalidArgument(
+            # None of the alternatives set: missing, like DeleteObjects' ids-or-filter.
+            raise MissingField(
                 "set one query: near_text, near_vector, keyword or hybrid", field="query"
             )
         if mode == "near_vector":
