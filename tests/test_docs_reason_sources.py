@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import grpc
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("memory", "retrieval", "generation", "gateway")
 # The table under "### INVALID_ARGUMENT": reason | from | meaning.
@@ -50,3 +52,23 @@ def test_the_from_column_names_every_service_that_raises_the_reason() -> None:
         if missing:
             unnamed[reason] = missing
     assert unnamed == {}, f"docs/operations.md's `from` leaves out: {unnamed}"
+
+
+def test_every_reason_raised_has_a_row_under_error_reasons() -> None:
+    """A client in another language looks a reason up in docs/operations.md's "Error
+    reasons" tables; 19 reasons the services raise (INVALID_MODE, INVALID_STEP,
+    SUMMARY_CHANGED, NO_CHUNKING, …) were only in a service's own page, or nowhere for
+    gateway's inline TOO_LARGE. A code's generic reason is its own name (the section says
+    so), so those need no row."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    start = text.index("\n## Error reasons")
+    section = text[start : text.index("\n## ", start + 1)]
+    rows = {
+        reason
+        for line in section.splitlines()
+        if line.startswith("| `")
+        for reason in re.findall(r"`([A-Z][A-Z_]+)`", line.split("|")[1])
+    }
+    generic = {code.name for code in grpc.StatusCode}
+    missing = sorted(set(_raised_by()) - rows - generic)
+    assert missing == [], f"no row under docs/operations.md's Error reasons: {missing}"
