@@ -214,8 +214,7 @@ class AnswerCache:
             try:
                 await self._store.upsert(name, [point])
             except NotFound:
-                await self._create(name, schema, len(vector))
-                await self._store.upsert(name, [point])
+                await self._create_for(name, schema, len(vector), point)
 
         def names() -> list[str]:
             return [cache_store_name(s) for s in self._catalog.of_tenant(tenant)]
@@ -292,6 +291,26 @@ class AnswerCache:
             sources.get(point.id) == properties_sha256(struct(point.payload.get(PROPS, {}))).hex()
             for point in found
         )
+
+    async def _create_for(
+        self, name: str, schema: Schema, dimensions: int, point: StoredPoint
+    ) -> None:
+        """Makes the collection's hidden cache with its first entry, only while the
+        collection itself is still there. A store that read the schema before its
+        collection was deleted (the gateway stores in the background, after the answer)
+        found the cache gone with it: made again, it was named after a collection nobody
+        has, listed by no catalog (so outside the tenant's byte budget) and never dropped,
+        its entries on disk for good. Checked before (no useless create) and after (a
+        delete between the check and the create dropped nothing: we drop it)."""
+        await self._catalog.check_same(schema)
+        await self._create(name, schema, dimensions)
+        await self._store.upsert(name, [point])
+        try:
+            await self._catalog.check_same(schema)
+        except NotFound:
+            with contextlib.suppress(NotFound):
+                await self._store.delete_collection(name)
+            raise
 
     async def _create(self, name: str, schema: Schema, dimensions: int) -> None:
         layout = CollectionLayout(name=name, dimensions=dimensions, distance="cosine", sparse=False)

@@ -400,3 +400,50 @@ async def test_a_full_cache_first_forgets_expired_entries_then_refuses_new_ones(
         pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=GLOBEX
     )
     await r.stub.StoreCachedAnswer(store("One question too many?"), metadata=GLOBEX)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("cached_before", [False, True])
+async def test_a_store_racing_the_collections_delete_leaves_no_cache_behind(
+    make_retrieval: MakeRetrieval,
+    local_embedder: LocalEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    adapter: str,
+    cached_before: bool,
+) -> None:
+    """The gateway stores an Ask's answer in the background: its store may have read the
+    collection just before a DeleteCollection. Held there (in the question's embedding,
+    after the collection was read) while the delete runs, it must be refused NOT_FOUND
+    naming the collection, and leave no hidden cache named after the deleted collection
+    (it made one again: never listed, outside the byte budget, never dropped)."""
+    r = await start(make_retrieval, adapter)
+    if cached_before:
+        await r.stub.StoreCachedAnswer(store(NEAR), metadata=ACME)
+    before = await r.store.schemas()
+    real = local_embedder.embed
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(texts: list[str]) -> list[list[float]]:
+        entered.set()
+        await release.wait()
+        return await real(texts)
+
+    monkeypatch.setattr(local_embedder, "embed", held)
+    late = asyncio.ensure_future(r.stub.StoreCachedAnswer(store(Q), metadata=ACME))
+    await entered.wait()
+    await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
+    release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await late
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "Docs" in (caught.value.details() or "")
+    assert error_info(caught.value).metadata["field"] == "collection"
+    left = await r.store.schemas()
+    gone = 2 if cached_before else 1  # the collection, and its cache if it had one
+    assert len(left) == len(before) - gone
+    # The same name made again starts with an empty cache.
+    monkeypatch.setattr(local_embedder, "embed", real)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+    )
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
