@@ -262,7 +262,8 @@ def _sources(objects: Sequence[ret_pb.Hit]) -> list[ret_pb.CachedAnswerSource]:
 def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str:
     """A digest of everything but the question that decides an Ask's answer: the request
     itself (every field, so fields added later count too) less the question and per-call
-    switches, the resolved model and sampling, and the collection's generative defaults."""
+    switches, the resolved model and sampling, the collection's generative defaults and
+    its creation time."""
     ask = gw_pb.AskRequest()
     ask.ParseFromString(request.SerializeToString())  # Ask and StreamAsk share numbering
     for name in _PER_CALL:
@@ -276,6 +277,12 @@ def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str
     generative.CopyFrom(info.generative)
     generative.ClearField("cache")
     digest.update(generative.SerializeToString(deterministic=True))
+    # The very collection, not its name: an Ask's store is made after its answer went out,
+    # and retrieval takes it by name. A collection deleted and made again under that name
+    # meanwhile got the old one's answer, served by its next Ask when its objects were
+    # alike (docs: a recreated collection starts cold). With the creation time in the key,
+    # no Ask over the new collection ever matches an entry of the old one.
+    digest.update(info.collection.create_time.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 

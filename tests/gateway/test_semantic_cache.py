@@ -27,6 +27,7 @@ from tests.gateway.conftest import (
     OWN_CONNECTIONS,
     Stack,
     StackFactory,
+    books_collection,
     create_books,
     retrieval_calls,
     vector,
@@ -223,6 +224,38 @@ async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: P
     made = calls(sem)
     fresh = await asked(sem, ask(Q1), metadata=ALICE)
     assert not fresh.cached and calls(sem) == made + 1
+
+
+async def test_an_answer_stored_after_its_collection_was_made_again_never_answers_the_new_one(
+    stack_factory: StackFactory,
+) -> None:
+    """An Ask's store is made after its answer, naming the collection; deleted and made
+    again under that name meanwhile, with the same objects under the same ids, the new
+    collection got the old one's answer and served it (docs: a recreated collection starts
+    cold). Held deterministically: the Ask's LLM call waits while the collection is made
+    again."""
+    stack = await stack_factory(shared={"api_keys": KEYS})
+    ids = await create_books(stack, metadata=ALICE)
+    stack.fake.gate = asyncio.Event()
+    first = asyncio.ensure_future(stack.stub.Ask(ask(Q1), metadata=ALICE))
+    await stack.fake.gate_reached.wait()  # its hits read, its answer being written
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    await stack.retrieval.CreateCollection(
+        ret_pb.CreateCollectionRequest(collection=books_collection()), metadata=ALICE
+    )
+    for index, object_id in enumerate(ids):
+        await upsert(stack, object_id, index)  # the very objects, under the same ids
+    stack.fake.gate.set()
+    old = await first
+    await stack.ask.idle()  # its store made, into whichever collection has the name now
+    assert not old.cached and old.hits
+    made = calls(stack)
+    fresh = await asked(stack, ask(Q1), metadata=ALICE)
+    assert not fresh.cached and calls(stack) == made + 1
+    again = await asked(stack, ask(Q1), metadata=ALICE)  # the new one's own answer serves
+    assert again.cached and calls(stack) == made + 1
 
 
 def lookups(outcome: str) -> float:
