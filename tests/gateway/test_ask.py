@@ -880,3 +880,34 @@ async def test_a_question_with_control_characters_names_its_conversation_without
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(caught.value)
     assert (info.reason, info.metadata["field"]) == ("CONTROL_CHARACTER", "name")
+
+
+async def test_a_conversation_deleted_while_its_ask_answers_gets_no_turn(stack: Stack) -> None:
+    """Guard (held): DeleteConversation lands while an Ask on that conversation waits for
+    its answer (held on the fake's gate). The Ask is NOT_FOUND / CONVERSATION_NOT_FOUND
+    naming conversation_id, and the conversation is not made again for its turn."""
+    await create_books(stack)
+    made = await stack.memory.CreateConversation(mem_pb.CreateConversationRequest(), metadata=ALICE)
+    cid = made.conversation.conversation_id
+    stack.fake.gate = asyncio.Event()
+    asked = asyncio.ensure_future(
+        stack.stub.Ask(
+            gw_pb.AskRequest(collection="Books", llm_question="desert?", conversation_id=cid),
+            metadata=ALICE,
+        )
+    )
+    reached = asyncio.ensure_future(stack.fake.gate_reached.wait())
+    await asyncio.wait({asked, reached}, return_when=asyncio.FIRST_COMPLETED)
+    assert not asked.done(), asked  # it reached the model: the turn is not stored yet
+    await stack.memory.DeleteConversation(
+        mem_pb.DeleteConversationRequest(conversation_id=cid), metadata=ALICE
+    )
+    stack.fake.gate.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asked
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(caught.value)
+    assert info.reason == "CONVERSATION_NOT_FOUND"
+    assert info.metadata["field"] == "conversation_id"
+    listed = await stack.memory.ListConversations(mem_pb.ListConversationsRequest(), metadata=ALICE)
+    assert list(listed.conversations) == []

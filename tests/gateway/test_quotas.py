@@ -361,3 +361,23 @@ async def test_a_write_larger_than_the_whole_objects_quota_never_fits(writes: Re
         retry_delay(err)
     assert "send at most 7 objects per request or message" in (err.details() or "")
     assert await _count(writes.stack.retrieval, ALICE) == 0
+
+
+async def test_calls_racing_the_last_llm_calls_of_a_minute_never_pass_it(
+    replicas_factory: Any,
+) -> None:
+    """Guard (held): eight searches of three hits at once, split over two replicas, race a
+    quota of five LLM calls a minute: exactly five calls reach the model, every other hit
+    is QUOTA_EXCEEDED, none fails otherwise."""
+    r = await replicas_factory(quota_llm_calls_per_minute=5)
+    calls = [
+        (r.a if i % 2 else r.b).GenerativeSearch(
+            _search(single_prompt="{title}"), metadata=ALICE, timeout=20
+        )
+        for i in range(8)
+    ]
+    hits = [h for done in await asyncio.gather(*calls) for h in done.hits]
+    answered = [h for h in hits if not h.generation.error.status]
+    refused = [h.generation.error.reason for h in hits if h.generation.error.status]
+    assert len(answered) == 5 and refused == ["QUOTA_EXCEEDED"] * 19
+    assert len(r.stack.fake.chat_requests) == 5
