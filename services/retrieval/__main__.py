@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 
@@ -12,7 +13,7 @@ from services.common.logs import configure_logging, register_secret, url_secrets
 from services.common.server import GrpcServer, run_until_signal
 from services.common.settings import load_settings, warn_unknown_variables
 from services.retrieval.catalog import Catalog
-from services.retrieval.edge_store import EdgeStore
+from services.retrieval.edge_store import DataDirUnreadable, EdgeStore
 from services.retrieval.embedders import Embedders, LocalEmbedder
 from services.retrieval.rerankers import Rerankers
 from services.retrieval.server_client import qdrant_server_client
@@ -97,7 +98,10 @@ def main() -> None:
         server = await build_server(settings, metrics_port=settings.metrics_port)
         await run_until_signal(server)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except DataDirUnreadable as err:
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ from services.retrieval.store import (
 log = logging.getLogger("gensearch.retrieval.edge")
 T = TypeVar("T")
 
+
+class DataDirUnreadable(Exception):
+    """A collection under the data dir that cannot be opened (a corrupt or partial copy):
+    the process stops at start with this one line (``services.retrieval.__main__``),
+    naming the files and the setting, not a traceback."""
+
+
 _DISTANCES = {
     "cosine": qe.Distance.Cosine,
     "dot": qe.Distance.Dot,
@@ -270,8 +277,7 @@ class EdgeStore:
         lacking = []
         for schema_file in sorted(self._dir.glob("*.json")):
             name = schema_file.stem
-            schema = json.loads(schema_file.read_text(encoding="utf-8"))
-            shard = qe.EdgeShard.load(str(self._dir / name))
+            schema, shard = self._load_collection(schema_file)
             self._shards[name] = shard
             self._schemas[name] = schema
             if missing(payload_indexes(schema), shard_indexes(shard)):
@@ -291,6 +297,21 @@ class EdgeStore:
             },
         )
         return lacking
+
+    def _load_collection(self, schema_file: Path) -> tuple[dict[str, Any], qe.EdgeShard]:
+        shard_dir = self._dir / schema_file.stem
+        try:
+            schema = json.loads(schema_file.read_text(encoding="utf-8"))
+            # qdrant-edge raises a bare Exception for anything it cannot read.
+            shard = qe.EdgeShard.load(str(shard_dir))
+        except Exception as err:
+            raise DataDirUnreadable(
+                f"cannot open the collection files {schema_file} and {shard_dir} (under "
+                f"GENSEARCH_DATA_DIR={self.root.parent}): {err}; restore the data dir from a "
+                "backup taken while the service was stopped, or move that collection's "
+                "directory and .json file away (docs/operations.md, Backups and restores)"
+            ) from None
+        return schema, shard
 
     async def close(self) -> None:
         if self._flusher is not None:
