@@ -306,8 +306,15 @@ class _MethodWrapper:
         return time.perf_counter(), span, token
 
     def _end(
-        self, context: grpc.aio.ServicerContext, begun: Begun, code: grpc.StatusCode | None
+        self,
+        context: grpc.aio.ServicerContext,
+        begun: Begun,
+        code: grpc.StatusCode | None,
+        reason: str = "",
     ) -> None:
+        """``reason``: the ErrorInfo reason the call failed with, on its access line so an
+        operator can tell refusals of one code apart (a tenant's quota from the server's
+        cap, a wrong key from a missing one) without the caller's report."""
         started, span, token = begun
         seconds = time.perf_counter() - started
         if code is None:
@@ -317,19 +324,17 @@ class _MethodWrapper:
                 code = grpc.StatusCode.UNKNOWN
         self.metrics.handled(code, seconds)
         if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": self.method,
+                "code": code.name,
+                "duration_ms": round(seconds * 1000, 3),
+                "user": current_identity().user,
+                "tenant": current_identity().tenant,
+            }
+            if reason:
+                fields["reason"] = reason
             # While the span is still current, so the line carries its ids.
-            access_log.info(
-                "%s %s",
-                self.method,
-                code.name,
-                extra={
-                    "method": self.method,
-                    "code": code.name,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "user": current_identity().user,
-                    "tenant": current_identity().tenant,
-                },
-            )
+            access_log.info("%s %s", self.method, code.name, extra=fields)
         if span is not None:
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             if code in SERVER_ERRORS:
@@ -485,7 +490,7 @@ class _MethodWrapper:
     ) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             begun = self._begin(context)
-            code = None
+            code, reason = None, ""
             requests = request = PendingRead(request) if request_streaming else request
             held = self._held()
             try:
@@ -510,7 +515,7 @@ class _MethodWrapper:
                 raise
             except Exception as err:
                 status = self._fail(err)
-                code = status.code
+                code, reason = status.code, _reason(err)
                 request = response = None  # see _forget
                 _forget(err)
                 if isinstance(requests, PendingRead):
@@ -522,7 +527,7 @@ class _MethodWrapper:
                     requests.close()
                 if held is not None:
                     held.release()
-                self._end(context, begun, code)
+                self._end(context, begun, code, reason)
 
         return call
 
@@ -537,7 +542,7 @@ class _MethodWrapper:
             # async generator gRPC writes for: only so can a write be bounded
             # (stream_send_timeout), and a client that stops reading be cut.
             begun = self._begin(context)
-            code = None
+            code, reason = None, ""
             sent = self.metrics.sent
             holding = None
             held = self._held()
@@ -569,15 +574,15 @@ class _MethodWrapper:
                 raise
             except Exception as err:
                 status = self._fail(err)
-                code = status.code
+                code, reason = status.code, _reason(err)
                 request = items = None  # see _forget
                 _forget(err)
-                stalled = _reason(err) == STALLED
+                stalled = reason == STALLED
                 if stalled:
                     # The status waits behind what gRPC holds for the client, until it
                     # reads on or goes away: the call is over for us now (its slots were
                     # given back above), its unsent bytes still count.
-                    self._end(context, begun, code)
+                    self._end(context, begun, code, reason)
                     ended = True
                 try:
                     await context.abort(status.code, status.details, status.trailing_metadata)
@@ -596,7 +601,7 @@ class _MethodWrapper:
                 if held is not None:
                     held.release()
                 if not ended:
-                    self._end(context, begun, code)
+                    self._end(context, begun, code, reason)
 
         return call
 

@@ -222,6 +222,9 @@ async def test_access_line_per_call(
     assert ok["span_id"] == f"{server.context.span_id:016x}"
     assert ISO_UTC.match(ok["time"])
     assert (failed["method"], failed["code"]) == (f"/{SERVICE}/Fail", "INVALID_ARGUMENT")
+    # The ErrorInfo reason, so refusals of one code can be told apart in the log.
+    assert failed["reason"] == "INVALID_ARGUMENT"
+    assert "reason" not in ok
     assert failed["trace_id"] != TRACE_ID
     assert "key-bob" not in access_lines.getvalue()
 
@@ -254,8 +257,9 @@ async def test_unauthenticated_call_is_logged_and_traced(
     lines = [json.loads(line) for line in access_lines.getvalue().splitlines()]
     assert len(lines) == 1, lines
     (line,) = lines
-    assert (line["code"], line["user"], line["tenant"]) == (
+    assert (line["code"], line["reason"], line["user"], line["tenant"]) == (
         "UNAUTHENTICATED",
+        "MISSING_CREDENTIALS",
         "anonymous",
         "default",
     )

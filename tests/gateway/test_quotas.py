@@ -9,6 +9,8 @@ does not fit whole, before anything of it reaches retrieval (CountObjects says s
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
+from services.common.logs import ACCESS_LOGGER, json_formatter
 from services.common.redis_client import connect
 from services.common.server import GrpcServer
 from services.devlaunch.redis_server import RedisProcess
@@ -381,3 +384,38 @@ async def test_calls_racing_the_last_llm_calls_of_a_minute_never_pass_it(
     refused = [h.generation.error.reason for h in hits if h.generation.error.status]
     assert len(answered) == 5 and refused == ["QUOTA_EXCEEDED"] * 19
     assert len(r.stack.fake.chat_requests) == 5
+
+
+async def test_the_refusals_access_lines_name_their_reasons(
+    writes: Replicas, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator tells a tenant's quota from the server's cap, and a wrong key from a
+    missing one, by the access line's ``reason`` (it had the code alone); the wrong key
+    itself is never in the line."""
+    retrieval = writes.stack.retrieval
+    wrong_key = "key-alice-WRONG-0123456789"
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        await retrieval.UpsertObjects(_upsert(7), metadata=ALICE, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as over:
+            await retrieval.UpsertObjects(_upsert(1, 7), metadata=ALICE, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await retrieval.CountObjects(
+                ret_pb.CountObjectsRequest(collection="Books"),
+                metadata=(("authorization", f"Bearer {wrong_key}"),),
+                timeout=5,
+            )
+    assert error_info(over.value).reason == "QUOTA_EXCEEDED"
+    assert error_info(refused.value).reason == "INVALID_API_KEY"
+    formatter = json_formatter("gateway")
+    refusals = [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name == ACCESS_LOGGER and getattr(record, "code", "OK") != "OK"
+    ]
+    assert [
+        (line["method"].rsplit("/", 1)[1], line["code"], line["reason"]) for line in refusals
+    ] == [
+        ("UpsertObjects", "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
+        ("CountObjects", "UNAUTHENTICATED", "INVALID_API_KEY"),
+    ]
+    assert wrong_key not in caplog.text and all(wrong_key not in str(line) for line in refusals)
