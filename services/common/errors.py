@@ -228,8 +228,9 @@ class Unavailable(ServiceError):
 
 
 class Cancelled(ServiceError):
-    """A downstream call cancelled on the far side (its server shutting down, say): the
-    gateway's caller hears CANCELLED too, not INTERNAL."""
+    """A downstream CANCELLED that carries our ErrorInfo (the service said so itself): the
+    gateway's caller hears CANCELLED too, not INTERNAL. A bare one (the connection closed
+    under the call) is ``Unavailable`` / ``DOWNSTREAM_CANCELLED`` (``_BARE_STATUS``)."""
 
     code = grpc.StatusCode.CANCELLED
     default_reason = "CANCELLED"
@@ -392,8 +393,12 @@ _BARE_STATUS: dict[grpc.StatusCode, tuple[type[ServiceError], str, str]] = {
         "did not answer in time",
         "DOWNSTREAM_TIMEOUT",
     ),
+    # The service's connection closed under the call (its replica stopping in a rolling
+    # restart): a transient failure the caller did not ask for, so UNAVAILABLE, the code
+    # clients' retry policies retry (ours retries no other); CANCELLED means the caller
+    # cancelled.
     grpc.StatusCode.CANCELLED: (
-        Cancelled,
+        Unavailable,
         "cancelled the call; try again",
         "DOWNSTREAM_CANCELLED",
     ),

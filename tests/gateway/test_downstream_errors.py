@@ -216,7 +216,9 @@ BARE = {
         grpc.StatusCode.DEADLINE_EXCEEDED,
         "DOWNSTREAM_TIMEOUT",
     ),
-    grpc.StatusCode.CANCELLED: (grpc.StatusCode.CANCELLED, "DOWNSTREAM_CANCELLED"),
+    # The call cut under the gateway (a replica stopping): retryable, not the caller's
+    # cancellation (it was CANCELLED, which clients' retry policies do not retry).
+    grpc.StatusCode.CANCELLED: (grpc.StatusCode.UNAVAILABLE, "DOWNSTREAM_CANCELLED"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "DOWNSTREAM_RESOURCE_EXHAUSTED",

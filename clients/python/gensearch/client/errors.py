@@ -869,7 +869,9 @@ class RerankUnavailableError(UnavailableError):
 # A downstream status that came without the services' ErrorInfo (the gateway's channel, a
 # proxy, another server at that address): the gateway names the service (metadata
 # ``service``) and never relays the status's own text.
-class DownstreamCancelledError(CancelledError):
+# DOWNSTREAM_CANCELLED is UNAVAILABLE: the connection closed under the call, not a
+# cancellation of the caller's.
+class DownstreamCancelledError(UnavailableError):
     error_reason = "DOWNSTREAM_CANCELLED"
 
 
