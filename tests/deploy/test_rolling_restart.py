@@ -147,9 +147,12 @@ async def test_a_rolling_restart_loses_no_acknowledged_write(tmp_path: Path) -> 
             writing = asyncio.create_task(client())
 
             async def written_since(count: int) -> None:
-                # Progress after each step: the gateway reconnected by itself.
+                # Progress after each step: the gateway reconnected by itself (a bound far
+                # past its 5 s reconnect backoff, only so a failure names the step).
+                give_up = asyncio.get_running_loop().time() + 120
                 while len(acknowledged) < count + 20:
                     assert not writing.done(), writing
+                    assert asyncio.get_running_loop().time() < give_up, f"stuck at {step[0]}"
                     await asyncio.sleep(0.05)
 
             await written_since(0)
