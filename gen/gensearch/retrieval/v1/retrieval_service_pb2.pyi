@@ -509,20 +509,22 @@ class CachedAnswerSource(_message.Message):
     def __init__(self, id: _Optional[str] = ..., properties_sha256: _Optional[bytes] = ...) -> None: ...
 
 class StoreCachedAnswerRequest(_message.Message):
-    __slots__ = ("collection", "question", "answer", "ttl", "context_key", "sources")
+    __slots__ = ("collection", "question", "answer", "ttl", "context_key", "sources", "collection_create_time")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_KEY_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     answer: bytes
     ttl: _duration_pb2.Duration
     context_key: str
     sources: _containers.RepeatedCompositeFieldContainer[CachedAnswerSource]
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[CachedAnswerSource, _Mapping]]] = ...) -> None: ...
+    collection_create_time: _timestamp_pb2.Timestamp
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., answer: _Optional[bytes] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., context_key: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[CachedAnswerSource, _Mapping]]] = ..., collection_create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StoreCachedAnswerResponse(_message.Message):
     __slots__ = ()
