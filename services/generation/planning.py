@@ -170,14 +170,12 @@ def _pairs_that_hold(
     chain had none. Nothing is sent to a skipped pair, so it adds no attempt or upstream
     call; ``fallback_index`` names the pair that answered."""
     kept = [target for target, why in zip(chain, refusals, strict=True) if why is None]
-    if not kept:
-        # No pair kept means every pair was refused, the primary first. An explicit check
-        # rather than an assert (gone under ``python -O``, where ``raise None`` would be a
-        # TypeError): should the two lists ever disagree, the call fails naming why.
-        primary_refusal = refusals[0]
-        if primary_refusal is None:
-            raise RuntimeError("no provider/model pair kept, yet the primary was not refused")
-        raise primary_refusal
+    # Nothing kept means every pair was refused, the primary too (zip(strict=True) rules
+    # out lists of different lengths): ``primary is not None`` then holds, and only
+    # narrows the type.
+    primary = refusals[0]
+    if not kept and primary is not None:
+        raise primary
     skipped: list[int] = []
     for target, why in zip(chain, refusals, strict=True):
         if why is not None:
