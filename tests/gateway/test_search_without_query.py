@@ -9,34 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.rpc import error_details_pb2, status_pb2
 
 from tests.gateway.conftest import ALICE, Stack, create_books
-
-
-def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo decoded from the trailer by hand, as a client without our helpers would."""
-    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
-    status = status_pb2.Status.FromString(raw)
-    assert status.code == err.code().value[0]
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError(f"no ErrorInfo in {status}")
-
-
-async def _refusal(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    return caught.value
+from tests.support.rpc import error_info, failure_of
 
 
 async def test_a_search_without_a_query_is_a_missing_field(stack: Stack) -> None:
@@ -55,9 +32,9 @@ async def test_a_search_without_a_query_is_a_missing_field(stack: Stack) -> None
         ),
     }
     for name, call in calls.items():
-        err = await _refusal(call())
+        err = await failure_of(call())
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.details())
-        info = _error_info(err)
+        info = error_info(err)
         assert (info.domain, info.reason, dict(info.metadata)) == (
             "gensearch",
             "MISSING_FIELD",

@@ -11,6 +11,7 @@ services the gateway serves, so a new enum field without a case here fails the f
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from tests.gateway.conftest import (
     ALICE,
@@ -32,6 +32,7 @@ from tests.gateway.conftest import (
     create_books,
     vector,
 )
+from tests.support.rpc import error_info, failure_of
 
 # Typed Any: the generated stubs take only the enum's own values, as a client's would not.
 UNKNOWN: Any = 99
@@ -65,55 +66,34 @@ def _filter() -> ret_pb.Filter:
     return ret_pb.Filter(condition=ret_pb.Condition(property="year", operator=UNKNOWN, value=value))
 
 
-async def _refusal(call: Any) -> grpc.aio.AioRpcError | None:
-    """The call's error, or None when it was answered (the number taken for a known one)."""
-    try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    except grpc.aio.AioRpcError as err:
-        return err
-    return None
-
-
-def _field(err: grpc.aio.AioRpcError) -> str:
-    raw = dict(err.trailing_metadata() or ())["grpc-status-details-bin"]
-    for detail in status_pb2.Status.FromString(raw).details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return str(info.metadata["field"])
-    raise AssertionError(f"no ErrorInfo: {err!r}")
-
-
 Cases = dict[str, tuple[str, Callable[[], Any]]]
 
 
 def _cases(stack: Stack, conversation_id: str) -> Cases:
     """Enum field (as enum_fields names it) -> (the field the refusal names, the call)."""
     near = ret_pb.NearVector(vector=vector(0))
-    bad_generate = gw_pb.Generate(
-        single_prompt="{title}", cache=gw_pb.GenerationCache(mode=UNKNOWN)
-    )
     generation = gen_grpc.GenerationServiceStub(stack.channel)
     messages = [gen_pb.Message(role=UNKNOWN, content="hi")]
     cases: Cases = {}
+
+    def on_gateway(fields: dict[str, Any], *methods: str) -> dict[str, Callable[[], Any]]:
+        """Each of the gateway's ``methods`` (``"Ask"``, ...), named as enum_fields names
+        it, called with its own request message (``AskRequest``, ...) made of ``fields``."""
+        return {
+            f"GatewayService.{method}": partial(
+                getattr(stack.stub, method),
+                getattr(gw_pb, f"{method}Request")(**fields),
+                metadata=ALICE,
+            )
+            for method in methods
+        }
 
     def filtered(where: ret_pb.Filter) -> dict[str, Callable[[], Any]]:
         search: dict[str, Any] = {"collection": "Books", "near_vector": near, "filter": where}
         ask: dict[str, Any] = {"collection": "Books", "llm_question": "which?", "filter": where}
         return {
-            "GatewayService.GenerativeSearch": lambda: stack.stub.GenerativeSearch(
-                gw_pb.GenerativeSearchRequest(**search), metadata=ALICE
-            ),
-            "GatewayService.StreamGenerativeSearch": lambda: stack.stub.StreamGenerativeSearch(
-                gw_pb.StreamGenerativeSearchRequest(**search), metadata=ALICE
-            ),
-            "GatewayService.Ask": lambda: stack.stub.Ask(gw_pb.AskRequest(**ask), metadata=ALICE),
-            "GatewayService.StreamAsk": lambda: stack.stub.StreamAsk(
-                gw_pb.StreamAskRequest(**ask), metadata=ALICE
-            ),
+            **on_gateway(search, "GenerativeSearch", "StreamGenerativeSearch"),
+            **on_gateway(ask, "Ask", "StreamAsk"),
             "RetrievalService.Search": lambda: stack.retrieval.Search(
                 ret_pb.SearchRequest(**search), metadata=ALICE
             ),
@@ -128,64 +108,24 @@ def _cases(stack: Stack, conversation_id: str) -> Cases:
     for method, call in filtered(_filter()).items():
         cases[f"{method}:filter.condition.operator"] = ("filter.condition.operator", call)
 
-    cases["GatewayService.GenerativeSearch:generate.cache.mode"] = (
-        "generate.cache.mode",
-        lambda: stack.stub.GenerativeSearch(
-            gw_pb.GenerativeSearchRequest(
-                collection="Books",
-                near_vector=near,
-                generate=bad_generate,
-            ),
-            metadata=ALICE,
-        ),
+    bad_generate = gw_pb.Generate(
+        single_prompt="{title}", cache=gw_pb.GenerationCache(mode=UNKNOWN)
     )
-    cases["GatewayService.StreamGenerativeSearch:generate.cache.mode"] = (
-        "generate.cache.mode",
-        lambda: stack.stub.StreamGenerativeSearch(
-            gw_pb.StreamGenerativeSearchRequest(
-                collection="Books",
-                near_vector=near,
-                generate=bad_generate,
-            ),
-            metadata=ALICE,
-        ),
-    )
-    inline = gw_pb.InlineObjects(
-        objects=[struct_pb2.Struct(fields={"title": struct_pb2.Value(string_value="Dune")})]
-    )
-    cases["GatewayService.GenerateOnObjects:generate.cache.mode"] = (
-        "generate.cache.mode",
-        lambda: stack.stub.GenerateOnObjects(
-            gw_pb.GenerateOnObjectsRequest(inline=inline, generate=bad_generate),
-            metadata=ALICE,
-        ),
-    )
-    cases["GatewayService.StreamGenerateOnObjects:generate.cache.mode"] = (
-        "generate.cache.mode",
-        lambda: stack.stub.StreamGenerateOnObjects(
-            gw_pb.StreamGenerateOnObjectsRequest(inline=inline, generate=bad_generate),
-            metadata=ALICE,
-        ),
-    )
+    searched = {"collection": "Books", "near_vector": near, "generate": bad_generate}
+    title = struct_pb2.Struct(fields={"title": struct_pb2.Value(string_value="Dune")})
+    inline = {"inline": gw_pb.InlineObjects(objects=[title]), "generate": bad_generate}
+    generating = {
+        **on_gateway(searched, "GenerativeSearch", "StreamGenerativeSearch"),
+        **on_gateway(inline, "GenerateOnObjects", "StreamGenerateOnObjects"),
+    }
+    for method, call in generating.items():
+        cases[f"{method}:generate.cache.mode"] = ("generate.cache.mode", call)
+
     bad_semantic = gw_pb.SemanticCache(mode=UNKNOWN)
-    cases["GatewayService.Ask:semantic_cache.mode"] = (
-        "semantic_cache.mode",
-        lambda: stack.stub.Ask(
-            gw_pb.AskRequest(
-                collection="Books", llm_question="which?", semantic_cache=bad_semantic
-            ),
-            metadata=ALICE,
-        ),
-    )
-    cases["GatewayService.StreamAsk:semantic_cache.mode"] = (
-        "semantic_cache.mode",
-        lambda: stack.stub.StreamAsk(
-            gw_pb.StreamAskRequest(
-                collection="Books", llm_question="which?", semantic_cache=bad_semantic
-            ),
-            metadata=ALICE,
-        ),
-    )
+    asked = {"collection": "Books", "llm_question": "which?", "semantic_cache": bad_semantic}
+    for method, call in on_gateway(asked, "Ask", "StreamAsk").items():
+        cases[f"{method}:semantic_cache.mode"] = ("semantic_cache.mode", call)
+
     cases["GenerationService.Generate:messages.role"] = (
         "messages[0].role",
         lambda: generation.Generate(
@@ -265,9 +205,12 @@ async def test_every_client_enum_number_not_in_the_proto_is_refused_naming_its_f
     assert {_generic(name) for name in cases} == enum_fields()
     wrong = {}
     for name, (field, call) in cases.items():
-        err = await _refusal(call())
-        if err is None:
+        try:
+            err = await failure_of(call())
+        except AssertionError:  # answered: the number taken for a known one
             wrong[name] = "answered"
-        elif (err.code(), _field(err)) != (grpc.StatusCode.INVALID_ARGUMENT, field):
+            continue
+        named = error_info(err).metadata["field"]
+        if (err.code(), named) != (grpc.StatusCode.INVALID_ARGUMENT, field):
             wrong[name] = f"{err.code().name} {err.details()}"
     assert wrong == {}
