@@ -191,21 +191,27 @@ async def test_four_processes_one_trace_each_metrics_and_a_redis_cluster(
             provider = {"name": "fake", "base_url": fake.base_url, "default_model": "fake-model"}
             on_cluster = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"}
             generation = {"PROVIDERS": json.dumps([provider]), "DEFAULT_PROVIDER": "fake"}
-            # Each service's own documented variables, in the order the processes start.
-            own = {
+            # The back-end services, each with its own documented variables.
+            backends = {
                 "memory": _prefixed("memory", **on_cluster),
                 "retrieval": {},
                 "generation": _prefixed("generation", **generation),
-                "gateway": {"GENSEARCH_API_KEYS": KEYS, **_prefixed("gateway", **on_cluster)},
             }
-            for name, variables in own.items():
-                if name == "gateway":  # started last: the other three's addresses are known
-                    addresses = {f"{k.upper()}_ADDR": v for k, v in processes.addresses.items()}
-                    variables |= _prefixed(name, **addresses)
+            for name, variables in backends.items():
                 ports = _prefixed(name, PORT="0", METRICS_PORT="0")
                 env = _env(tmp_path / name, collector_port, **ports, **variables)
                 await processes.start(name, env)
-            gateway = processes.addresses["gateway"]
+            # The gateway last: it is given the other three's addresses.
+            addresses = {f"{k.upper()}_ADDR": v for k, v in processes.addresses.items()}
+            gateway = await processes.start(
+                "gateway",
+                _env(
+                    tmp_path / "gateway",
+                    collector_port,
+                    GENSEARCH_API_KEYS=KEYS,
+                    **_prefixed("gateway", PORT="0", METRICS_PORT="0", **on_cluster, **addresses),
+                ),
+            )
             async with grpc.aio.insecure_channel(gateway) as channel:
                 stub = gw_grpc.GatewayServiceStub(channel)
                 await _create_books(channel)
