@@ -21,7 +21,8 @@ Measured side by side:
     robin over them; does another replica move the generation service's CPU per hit?
   * where the time goes at N = 100: CPU seconds per hit of the gateway and generation
     processes (utime + stime from /proc/<pid>/stat over a few searches), and with K
-    replicas, of that gateway and of each replica;
+    replicas, of that gateway and of each replica, with the LLM requests each replica
+    made in those searches (from its /metrics);
   * gateway overhead: a search with no generation through the gateway vs calling
     retrieval directly (p50, p90), and a forwarded RetrievalService/Search;
   * first-token latency through StreamGenerativeSearch, from the fake endpoint making its
@@ -57,12 +58,14 @@ from gensearch.generation.v1 import generation_service_pb2 as gen_pb  # noqa: E4
 from gensearch.generation.v1 import generation_service_pb2_grpc as gen_grpc  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb  # noqa: E402
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from bench.fake_llm import first_token_gap  # noqa: E402
 from bench.report import Figures, machine, pct, timed  # noqa: E402
 from bench.stack import IDENTITY, ServiceProcess, Stack, load_vectors, provider  # noqa: E402
 from services.gateway.settings import GatewaySettings  # noqa: E402
+from tests.support.processes import listening_ports, owned_ports_known  # noqa: E402
 
 DIM = 8
 OBJECTS = 220
@@ -227,6 +230,28 @@ class Bench:
         after = {name: cpu_seconds(p.proc.pid) for name, p in processes.items() if p.proc}
         return {name: (after[name] - before[name]) / (n * rounds) for name in before}
 
+    async def llm_requests_by_replica(self) -> dict[str, float] | None:
+        """The upstream LLM exchanges (``gensearch_llm_requests_total``, every outcome) each
+        generation replica has finished so far, read from its /metrics: the one port it
+        listens on besides its gRPC one (its metrics port is 0). None where ports cannot be
+        read back (no /proc)."""
+        if not owned_ports_known():
+            return None
+        counts: dict[str, float] = {}
+        for name, process in self.replica_processes.items():
+            if not name.startswith("generation replica") or process.proc is None:
+                continue
+            (port,) = listening_ports(process.proc.pid) - {process.port}
+            async with self.http.get(f"http://{process.host}:{port}/metrics") as reply:
+                text = await reply.text()
+            counts[name] = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "gensearch_llm_requests_total"
+            )
+        return counts
+
     # -- the gateway's own cost ------------------------------------------------------------
     async def overhead(self, rounds: int) -> dict[str, list[float]]:
         query = ret_pb.NearVector(vector=[0.5] * DIM)
@@ -375,7 +400,10 @@ async def run(args: argparse.Namespace) -> None:
             for name, seconds in cpu.items():
                 figures.add(f"CPU per hit at N={CPU_HITS}, {name}", seconds * 1000, "ms")
             if bench.replicas:
+                # Read outside the CPU rounds: a scrape costs the replica CPU of its own.
+                before = await bench.llm_requests_by_replica()
                 cpu = await bench.cpu_per_hit(CPU_HITS, CPU_ROUNDS, replicated=True)
+                after = await bench.llm_requests_by_replica()
                 print(
                     f"CPU per hit at N={CPU_HITS} ({CPU_ROUNDS} searches) with "
                     f"{bench.replicas} generation replicas: "
@@ -389,6 +417,13 @@ async def run(args: argparse.Namespace) -> None:
                         f"{name}",
                         seconds * 1000,
                         "ms",
+                    )
+                if before is not None and after is not None:
+                    # Which replica answered the hits: round robin should reach each.
+                    print(
+                        f"LLM requests per generation replica over those "
+                        f"{CPU_HITS * CPU_ROUNDS} hits: "
+                        + ", ".join(f"{name} {after[name] - before[name]:.0f}" for name in after)
                     )
 
             samples = await bench.overhead(args.rounds)
