@@ -60,7 +60,7 @@ from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
 from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget, entry_bytes
 from services.retrieval.answer_cache_marker import CACHE_MARKER
-from services.retrieval.catalog import Catalog
+from services.retrieval.catalog import Catalog, CollectionGone
 from services.retrieval.embedders import Embedders
 from services.retrieval.filters import Match, Range
 from services.retrieval.schema import Schema
@@ -156,6 +156,7 @@ class AnswerCache:
 
     async def store(self, tenant: str, user: str, request: pb.StoreCachedAnswerRequest) -> None:
         schema = await self._catalog.get(tenant, request.collection)
+        _check_created(schema, request)
         self._check_question(request.question)
         s = self._settings
         if len(request.answer) > s.max_cached_answer_bytes:
@@ -207,8 +208,13 @@ class AnswerCache:
         async def check() -> None:
             # Before the budget makes room: a store refused for the collection's count must
             # not have deleted the tenant's soonest-expiring entries for nothing.
-            with contextlib.suppress(NotFound):  # no cache yet: nothing to count
+            try:
                 await self._make_room(name, schema, point.id)
+            except NotFound:
+                # No cache yet: nothing to count, unless the collection itself went (its
+                # cache with it): refused here, before the budget evicts the tenant's other
+                # entries for a store ``write`` would refuse anyway.
+                await self._catalog.check_same(schema)
 
         async def write() -> None:
             try:
@@ -304,12 +310,16 @@ class AnswerCache:
         delete between the check and the create dropped nothing: we drop it)."""
         await self._catalog.check_same(schema)
         await self._create(name, schema, dimensions)
-        await self._store.upsert(name, [point])
         try:
+            await self._store.upsert(name, [point])
             await self._catalog.check_same(schema)
         except NotFound:
+            # Deleted meanwhile. A drop between the create and the upsert fails the upsert
+            # with the engine's NotFound, which names the hidden cache: checked again, the
+            # caller is told in its own terms (CollectionGone names the collection).
             with contextlib.suppress(NotFound):
                 await self._store.delete_collection(name)
+            await self._catalog.check_same(schema)
             raise
 
     async def _create(self, name: str, schema: Schema, dimensions: int) -> None:
@@ -345,6 +355,23 @@ def _asker(user: str) -> str:
     """Who asked an entry's question, as stored with it: a digest, never the name (the
     entry already lives in its tenant's collection)."""
     return hashlib.sha256(b"asker\0" + user.encode()).hexdigest()[:32]
+
+
+def _check_created(schema: Schema, request: pb.StoreCachedAnswerRequest) -> None:
+    """NOT_FOUND (``collection``) when the caller's collection (its ``create_time`` as the
+    caller read it) is not the one of that name here any more. The gateway's store comes
+    after its answer, from a collection it read through its own cache: that collection may
+    have been deleted and made again since (through another gateway, or on retrieval
+    directly), and the new one must not get the old one's answer. Unset: not checked."""
+    if not request.HasField("collection_create_time"):
+        return
+    if request.collection_create_time != schema.collection.create_time:
+        raise CollectionGone(
+            f"collection {schema.name!r} not found: the collection this answer was built "
+            "from was deleted (a collection created again under its name is another "
+            "collection)",
+            field="collection",
+        )
 
 
 def _check_context_key(key: str) -> None:

@@ -15,7 +15,7 @@ from google.protobuf import duration_pb2
 from pydantic import SecretStr
 
 from services.common.well_known import properties_sha256, struct
-from services.retrieval.answer_cache import cache_store_name
+from services.retrieval.answer_cache import AnswerCache, cache_store_name
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, StoredPoint
@@ -447,3 +447,66 @@ async def test_a_store_racing_the_collections_delete_leaves_no_cache_behind(
         pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
     )
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("held_at", ["before-create", "after-create"])
+async def test_a_delete_while_the_hidden_cache_is_made_leaves_no_cache_behind(
+    make_retrieval: MakeRetrieval, monkeypatch: pytest.MonkeyPatch, adapter: str, held_at: str
+) -> None:
+    """The first store of a collection makes its hidden cache after checking the collection
+    is still there. A delete landing after that check (held before the create: the check
+    after the write must catch it and drop the cache made) or between the create and the
+    write (held after the create: the engine's NotFound named the hidden cache, ``_a`` and a
+    digest) is NOT_FOUND naming the collection, in the caller's terms, and leaves nothing."""
+    r = await start(make_retrieval, adapter)
+    before = await r.store.schemas()
+    real = AnswerCache._create
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(self: AnswerCache, name: str, schema: Schema, dimensions: int) -> None:
+        if held_at == "after-create":
+            await real(self, name, schema, dimensions)
+        entered.set()
+        await release.wait()
+        if held_at == "before-create":
+            await real(self, name, schema, dimensions)
+
+    monkeypatch.setattr(AnswerCache, "_create", held)
+    late = asyncio.ensure_future(r.stub.StoreCachedAnswer(store(Q), metadata=ACME))
+    await entered.wait()
+    await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
+    release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await late
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    details = caught.value.details() or ""
+    assert "'Docs'" in details and "_a" not in details, details
+    assert error_info(caught.value).metadata["field"] == "collection"
+    assert len(await r.store.schemas()) == len(before) - 1  # the collection; no cache left
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_store_names_the_collection_it_was_built_from(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    """``collection_create_time``: a store built from another collection of that name (the
+    gateway read it before it was deleted and made again) is NOT_FOUND naming the
+    collection and stores nothing; the very collection's, and an unset one, are stored."""
+    r = await start(make_retrieval, adapter)
+    got = (
+        await r.stub.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=ACME)
+    ).collection
+    older = store(Q, b"old")
+    older.collection_create_time.FromNanoseconds(got.create_time.ToNanoseconds() - 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(older, metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'Docs'" in (caught.value.details() or "")
+    assert error_info(caught.value).metadata["field"] == "collection"
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+    same = store(Q, b"Dune")
+    same.collection_create_time.CopyFrom(got.create_time)
+    await r.stub.StoreCachedAnswer(same, metadata=ACME)
+    assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).answer == b"Dune"
+    await r.stub.StoreCachedAnswer(store(NEAR, b"unset"), metadata=ACME)  # not checked

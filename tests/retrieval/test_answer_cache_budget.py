@@ -5,6 +5,7 @@ tenant's are never touched; the accounting is read back from the engine after a 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import uuid
@@ -22,6 +23,7 @@ from services.retrieval import answer_budget
 from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget
 from services.retrieval.answer_cache import cache_store_name
 from services.retrieval.catalog import is_collection_schema
+from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, StoredPoint, VectorStore
 from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
@@ -359,3 +361,40 @@ async def test_entries_another_replica_wrote_are_counted_within_a_round_and_evic
     # first one (two hours); the other replica's (2.5 hours) stay.
     assert first not in held_now[names[0]]
     assert all(exp > now + 7200 for n in names for exp, _, _ in held_now[n].values())
+
+
+@pytest.mark.parametrize("adapter", ("edge", "server"))
+async def test_a_store_into_a_deleted_collection_evicts_nothing(
+    make_retrieval: MakeRetrieval,
+    local_embedder: LocalEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+    adapter: str,
+    tmp_path: Path,
+) -> None:
+    """A collection's first store (no cache yet) whose collection is deleted while it
+    embeds the question: its check found no cache to count and let the budget evict the
+    tenant's soonest-expiring entry (of another collection) to make room, before the write
+    found the collection gone. Now it is refused first, and every other entry stays."""
+    r = await start(make_retrieval, adapter, tmp_path / "data")
+    await create(r, ACME, "Docs")
+    await create(r, ACME, "Notes")
+    for n in range(3):  # the budget's whole room
+        await r.stub.StoreCachedAnswer(put(n, 60, "Notes"), metadata=ACME)
+    real = local_embedder.embed
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_embedding(texts: list[str]) -> list[list[float]]:
+        entered.set()
+        await release.wait()
+        return await real(texts)
+
+    monkeypatch.setattr(local_embedder, "embed", held_embedding)
+    late = asyncio.ensure_future(r.stub.StoreCachedAnswer(put(3, 600), metadata=ACME))
+    await entered.wait()
+    await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
+    release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await late
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    assert sorted(await held(r, "acme")) == [question(n) for n in range(3)]
