@@ -39,7 +39,7 @@ import grpc
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.well_known import properties_sha256
@@ -72,6 +72,11 @@ class SemanticPlan:
     # ``context_key`` of the Ask, computed once for its lookup and its store; empty when
     # the Ask neither reads nor writes the cache.
     key: str
+    # The collection's creation time as this Ask read it, sent with the store: retrieval
+    # refuses a store into a collection that is not that one any more (deleted, or made
+    # again under its name while the answer was written), whatever this gateway's
+    # collection cache still says.
+    created: timestamp_pb2.Timestamp
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ class SemanticAnswers:
             policy = Policy()
         used = policy.mode.reads or policy.mode.writes
         key = context_key(request, info, options) if used else ""
-        return SemanticPlan(policy, threshold, key)
+        created = timestamp_pb2.Timestamp()
+        created.CopyFrom(info.collection.create_time)
+        return SemanticPlan(policy, threshold, key, created)
 
     async def lookup(
         self, request: AskLike, plan: SemanticPlan, caller: Caller, timeout: float
@@ -203,6 +210,7 @@ class SemanticAnswers:
             ttl=ttl,
             context_key=plan.key,
             sources=_sources(sources),
+            collection_create_time=plan.created,
         )
         if not self._stores.submit(caller.tenant, _Store(store, caller)):
             SEMANTIC_STORES.labels("dropped").inc()
@@ -224,6 +232,18 @@ class SemanticAnswers:
             timeout = self._b.settings.semantic_cache_store_timeout
             await retrieval.store_cached_answer(job.request, job.caller, timeout)
         except ServiceError as err:
+            if _collection_gone(err):
+                # Deleted (or deleted and made again) while the answer was written: a
+                # normal event, nothing wrong with the cache; the answer is kept nowhere.
+                # What this gateway keeps of the collection is older than that: forgotten,
+                # so the next Ask reads the new one and its own store is taken (else every
+                # store of the new collection was refused until COLLECTION_CACHE_TTL).
+                self._b.catalog.forget(job.caller.tenant, job.request.collection)
+                SEMANTIC_STORES.labels("gone").inc()
+                log.info(
+                    "semantic cache store: its collection is gone", extra={"reason": err.reason}
+                )
+                return
             if _refused_entry(err):
                 # The entry's own size: no cache in trouble. Counted and warned as
                 # ``failed``, any writer's large objects (shown as hits, kept with the
@@ -235,6 +255,12 @@ class SemanticAnswers:
             log.warning("semantic cache store failed", extra={"reason": err.reason})
             return
         SEMANTIC_STORES.labels("stored").inc()
+
+
+def _collection_gone(err: ServiceError) -> bool:
+    """Whether retrieval refused the store because its collection is not there any more
+    (NOT_FOUND naming ``collection``: deleted, or made again since the Ask read it)."""
+    return err.code == grpc.StatusCode.NOT_FOUND and err.field == "collection"
 
 
 def _refused_entry(err: ServiceError) -> bool:
@@ -262,8 +288,10 @@ def _sources(objects: Sequence[ret_pb.Hit]) -> list[ret_pb.CachedAnswerSource]:
 def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str:
     """A digest of everything but the question that decides an Ask's answer: the request
     itself (every field, so fields added later count too) less the question and per-call
-    switches, the resolved model and sampling, the collection's generative defaults and
-    its creation time."""
+    switches, the resolved model and sampling, and the collection's generative defaults.
+    Not the collection's creation time: retrieval refuses a store into a collection made
+    again (``collection_create_time``), and a key that changed would have made every entry
+    stored before unreachable while it still counted against the cache's bounds."""
     ask = gw_pb.AskRequest()
     ask.ParseFromString(request.SerializeToString())  # Ask and StreamAsk share numbering
     for name in _PER_CALL:
@@ -277,12 +305,6 @@ def context_key(request: AskLike, info: CollectionInfo, options: Options) -> str
     generative.CopyFrom(info.generative)
     generative.ClearField("cache")
     digest.update(generative.SerializeToString(deterministic=True))
-    # The very collection, not its name: an Ask's store is made after its answer went out,
-    # and retrieval takes it by name. A collection deleted and made again under that name
-    # meanwhile got the old one's answer, served by its next Ask when its objects were
-    # alike (docs: a recreated collection starts cold). With the creation time in the key,
-    # no Ask over the new collection ever matches an entry of the old one.
-    digest.update(info.collection.create_time.SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 

@@ -29,7 +29,8 @@ SEMANTIC_STORES = Counter(
     "gensearch_gateway_semantic_cache_stores_total",
     "Semantic answer cache stores, made after the answer: stored, failed, refused (the "
     "entry too large for retrieval), too_large (not sent: the answer past the gateway's "
-    "semantic_cache_max_answer_bytes), dropped (queue full or stopping).",
+    "semantic_cache_max_answer_bytes), gone (its collection deleted, or made again, "
+    "meanwhile), dropped (queue full or stopping).",
     ["outcome"],
 )
 SUMMARY_FOLDS = Counter(

@@ -226,31 +226,43 @@ async def test_deleting_the_collection_drops_its_answers(sem: Stack, tmp_path: P
     assert not fresh.cached and calls(sem) == made + 1
 
 
+@pytest.mark.parametrize(
+    ("collection_cache_ttl", "direct"),
+    [(0, False), (60, True)],
+    ids=["through-the-gateway", "stale-gateway-catalog"],
+)
 async def test_an_answer_stored_after_its_collection_was_made_again_never_answers_the_new_one(
-    stack_factory: StackFactory,
+    stack_factory: StackFactory, collection_cache_ttl: int, direct: bool
 ) -> None:
     """An Ask's store is made after its answer, naming the collection; deleted and made
     again under that name meanwhile, with the same objects under the same ids, the new
     collection got the old one's answer and served it (docs: a recreated collection starts
     cold). Held deterministically: the Ask's LLM call waits while the collection is made
-    again."""
-    stack = await stack_factory(shared={"api_keys": KEYS})
+    again. Also with the gateway's collection cache stale (``collection_cache_ttl`` 60, the
+    delete and create sent to retrieval directly, as another gateway replica would): the
+    Ask over the new collection still reads the old one's settings, so nothing the gateway
+    computes can tell the two apart; retrieval refuses the store (``gone``)."""
+    stack = await stack_factory(
+        shared={"api_keys": KEYS}, collection_cache_ttl=collection_cache_ttl
+    )
+    retrieval = stack.retrieval_direct if direct else stack.retrieval
     ids = await create_books(stack, metadata=ALICE)
     stack.fake.gate = asyncio.Event()
     first = asyncio.ensure_future(stack.stub.Ask(ask(Q1), metadata=ALICE))
     await stack.fake.gate_reached.wait()  # its hits read, its answer being written
-    await stack.retrieval.DeleteCollection(
-        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
-    )
-    await stack.retrieval.CreateCollection(
+    await retrieval.DeleteCollection(ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE)
+    await retrieval.CreateCollection(
         ret_pb.CreateCollectionRequest(collection=books_collection()), metadata=ALICE
     )
     for index, object_id in enumerate(ids):
         await upsert(stack, object_id, index)  # the very objects, under the same ids
+    gone, failed = stores("gone"), stores("failed")
     stack.fake.gate.set()
     old = await first
     await stack.ask.idle()  # its store made, into whichever collection has the name now
     assert not old.cached and old.hits
+    # Refused by retrieval, counted as what it is: no cache failure.
+    assert (stores("gone"), stores("failed")) == (gone + 1, failed)
     made = calls(stack)
     fresh = await asked(stack, ask(Q1), metadata=ALICE)
     assert not fresh.cached and calls(stack) == made + 1
