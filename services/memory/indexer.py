@@ -110,10 +110,14 @@ class Indexer:
         # The index down (its Qdrant server unreachable, say): one WARNING per outage
         # (again every 30 s while it lasts) and one INFO line when it answers again. Each
         # stored turn, each retry and each search logged a WARNING of its own before.
+        # Named by where the index is: the embedded engine's directory (under
+        # GENSEARCH_DATA_DIR) or the Qdrant server's setting. The embedded case named the
+        # server's setting, empty there. (The path's own % signs are not the error's.)
+        where = index.where.replace("%", "%%")
         self._outage = ThrottledWarning(
             log,
             "search index unavailable (%s): turns wait in the outbox and SearchInteractions "
-            "answers UNAVAILABLE until it answers (GENSEARCH_MEMORY_SEARCH_QDRANT_URL)",
+            f"answers UNAVAILABLE until it answers ({where})",
             recovery="search index reachable again",
         )
         # A retried "index" job reads its turn from memory's own Redis first: that read

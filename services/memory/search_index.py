@@ -60,8 +60,28 @@ class IndexHit:
     score: float
 
 
+# What an operator looks at when the index does not answer (``InteractionIndex.where``).
+SERVER_WHERE = "GENSEARCH_MEMORY_SEARCH_QDRANT_URL"
+
+
+def embedded_where(root: Path) -> str:
+    """The embedded engine's files and the setting that places them: its Qdrant URL setting
+    is empty then, and naming it sent an operator to a server that does not exist."""
+    return f"the embedded index in {root}, under GENSEARCH_DATA_DIR"
+
+
 class InteractionIndex:
-    def __init__(self, store: VectorStore, embedder: LocalEmbedder | None, collection: str):
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: LocalEmbedder | None,
+        collection: str,
+        *,
+        where: str = SERVER_WHERE,
+    ):
+        """``where``: the setting (or the files) to check when the index does not answer,
+        named by the indexer's outage warning."""
+        self.where = where
         self._store = store
         self._embedder = embedder
         self._collection = collection
@@ -249,11 +269,13 @@ def make_index(
     if mode == "off":
         return None
     store: VectorStore
+    where = SERVER_WHERE
     url = qdrant_url.strip()
     if not url:
         from services.retrieval.edge_store import EdgeStore
 
         store = EdgeStore(data_dir / "memory-index")
+        where = embedded_where(store.root)
     else:
         from services.retrieval.server_client import qdrant_server_client
         from services.retrieval.server_store import ServerStore
@@ -265,4 +287,4 @@ def make_index(
     embedder = None
     if mode == "hybrid":
         embedder = LocalEmbedder(Path(model_path) if model_path else None, threads=embed_threads)
-    return InteractionIndex(store, embedder, collection)
+    return InteractionIndex(store, embedder, collection, where=where)

@@ -238,3 +238,38 @@ async def test_a_search_only_outage_of_the_index_ends_with_an_info_line(
     finally:
         await indexer.close()
         await redis.aclose()
+
+
+async def test_a_broken_index_on_disk_is_named_by_its_files_not_the_qdrant_setting(
+    redis_server: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded index (``<data_dir>/memory-index``) opens at its first use, so a broken
+    one (a partial copy: a schema file, its shard's files unreadable) starts without a word
+    and each search answers UNAVAILABLE. Its warning named
+    GENSEARCH_MEMORY_SEARCH_QDRANT_URL, empty in that case: it now names the index's
+    directory and GENSEARCH_DATA_DIR."""
+    redis = connect(redis_server.url, cluster=False, socket_timeout=5, connect_timeout=2)
+    store = MemoryStore(redis, key_prefix=f"broken-{uuid.uuid4().hex[:8]}")
+    collections = tmp_path / "memory-index" / "collections"
+    (collections / "outage").mkdir(parents=True)
+    (collections / "outage.json").write_text('{"kind": "interactions", "name": "outage"}')
+    (collections / "outage" / "segments").write_text("not the engine's files")
+    indexer = Indexer(store, _keyword_index(tmp_path, qdrant_url=""), retry_seconds=60.0)
+    caplog.set_level(logging.INFO)
+    try:
+        with pytest.raises(Unavailable) as caught:
+            await indexer.search(ALICE, "puffins", "", pb.SEARCH_MODE_KEYWORD, 5)
+        assert caught.value.reason == "SEARCH_INDEX_UNAVAILABLE"
+        assert "QDRANT" not in str(caught.value)
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "gensearch.memory.indexer" and r.levelno >= logging.WARNING
+        ]
+        assert len(warned) == 1, warned
+        assert "QDRANT" not in warned[0], warned
+        assert "GENSEARCH_DATA_DIR" in warned[0], warned
+        assert str(tmp_path / "memory-index") in warned[0], warned
+    finally:
+        await indexer.close()
+        await redis.aclose()
