@@ -89,15 +89,25 @@ class CollectionGone(NotFound):
 Parsed = dict[tuple[str, str], tuple[dict[str, Any], Schema]]
 
 
-def _parsed(stored: list[dict[str, Any]], before: Parsed) -> Parsed:
+def _parsed(
+    stored: list[dict[str, Any]],
+    before: Parsed,
+    unparsable: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> Parsed:
     """The collections' schemas among ``stored``. One parsed at the last load, and stored
     the same since (the very dict, as qdrant-edge keeps them, or an equal one, as a Qdrant
     server sends them again), is not parsed again: parsing runs on the event loop, and a
     reload parsed every schema of every tenant, up to every MISS_RELOAD_SECONDS at any
     caller's asking (a missing name, a list). One tenant's 100 collections of 256
     properties with 4 KiB descriptions (1 MB of JSON each) held the loop 7 s a reload:
-    every other tenant's calls waited."""
+    every other tenant's calls waited.
+
+    ``unparsable``: the schemas that did not parse at the last load, updated here: one
+    stored the same since is neither parsed nor logged again (a reload runs on any miss)."""
     parsed: Parsed = {}
+    refused = {} if unparsable is None else unparsable
+    before_refused = dict(refused)
+    refused.clear()
     for data in stored:
         if not is_collection_schema(data):
             continue
@@ -106,10 +116,22 @@ def _parsed(stored: list[dict[str, Any]], before: Parsed) -> Parsed:
         if known is not None and (known[0] is data or known[0] == data):
             parsed[key] = known
             continue
+        if before_refused.get(key) == data:
+            refused[key] = data
+            continue
         try:
             schema = Schema.from_json(data)
-        except json_format.ParseError:  # no one's collection; serve the rest
-            log.warning("ignoring a stored schema that does not parse", exc_info=True)
+        except json_format.ParseError as err:  # no one's collection; serve the rest
+            # One line naming it, no traceback: a schema written by another version (a
+            # value this one does not know) is the operator's to read, not a fault of ours.
+            log.warning(
+                "ignoring collection %r of tenant %r: its stored schema does not parse "
+                "(%s); written by another version? (docs/operations.md, Backups and restores)",
+                key[1],
+                key[0],
+                str(err)[:300],
+            )
+            refused[key] = data
             continue
         parsed[(schema.tenant, schema.name)] = (data, schema)
     return parsed
@@ -124,6 +146,7 @@ class Catalog:
         self._settings = settings
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._parsed: Parsed = {}  # as of the last load: what need not be parsed again
+        self._unparsable: dict[tuple[str, str], dict[str, Any]] = {}  # ... nor logged again
         self._lock = asyncio.Lock()
         # (tenant, name) -> schema bytes of each create under way (``create``): its name is
         # taken and it counts toward its tenant's bounds while the engine makes it.
@@ -137,7 +160,7 @@ class Catalog:
         # overwrite what that call did.
         async with self._lock:
             # Not the answer cache's hidden collections nor other indexes: no one's collection.
-            self._parsed = _parsed(await self._store.schemas(), self._parsed)
+            self._parsed = _parsed(await self._store.schemas(), self._parsed, self._unparsable)
             self._schemas = {key: schema for key, (_, schema) in self._parsed.items()}
             self._loaded_at = time.monotonic()
             self._loaded = True

@@ -30,6 +30,7 @@ from services.common.values import (
 from services.common.well_known import duration_seconds
 from services.retrieval.endpoints import ENV_NAME, EmbeddingPolicy
 from services.retrieval.normalize import NORMALIZED, normalized_copy
+from services.retrieval.schema_compat import unknown_enum_value
 from services.retrieval.tenancy import DERIVED, NAMING_KEY, TENANT_KEY, engine_name
 
 COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
@@ -452,7 +453,14 @@ class Schema:
         """The schema stored as ``data`` (``to_json``); json_format.ParseError when it is not
         a collection's (protobuf wraps every conversion error in it)."""
         collection = pb.Collection()
+        # A key this version does not know (a newer one's) is ignored, the file kept as it
+        # is; a value of an enum it does not know would be read as UNSPECIFIED: refused.
         json_format.ParseDict(data, collection, ignore_unknown_fields=True)
+        unknown = unknown_enum_value(pb.Collection.DESCRIPTOR, data)
+        if unknown is not None:
+            raise json_format.ParseError(
+                f"{unknown} is not a value this version knows (written by a newer version?)"
+            )
         derived = data.get(NAMING_KEY) == DERIVED
         return cls(collection, str(data.get(TENANT_KEY, DEFAULT_TENANT)), derived)
 

@@ -4,6 +4,7 @@ that was deleted (``catalog.check_same``, ``catalog._parsed``)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -75,3 +76,26 @@ async def test_a_fault_reading_a_schema_is_raised_not_taken_for_a_deleted_collec
     settings = RetrievalSettings()
     with pytest.raises(RuntimeError, match="a bug"):
         await Catalog(store, Embedders(settings), settings).load()
+
+
+async def test_a_schema_another_version_wrote_is_one_warning_not_one_per_reload(
+    catalog: tuple[Catalog, ServerStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload runs on any caller's miss (every MISS_RELOAD_SECONDS at most): a schema
+    that does not parse (here a newer version's data type) was logged again, with its
+    traceback, at each one. Now once, as one line, until the stored schema changes."""
+    cat, store = catalog
+    schema = await cat.create(TENANT, _collection())
+    await store.delete_collection(schema.store_name)
+    newer = schema.to_json()
+    newer["properties"][0]["data_type"] = "DATA_TYPE_GEO_POINT"
+    layout = CollectionLayout(schema.store_name, 4, schema.distance, False)
+    await store.create_collection(layout, newer)
+    caplog.set_level(logging.INFO, logger="gensearch.retrieval.catalog")
+    for _ in range(3):
+        await cat.load()
+    assert await cat.page(TENANT, 10, "") == ([], "")
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert warned[0].exc_info is None
+    assert "'Books' of tenant 'acme'" in warned[0].getMessage()

@@ -1,0 +1,82 @@
+"""A data dir whose schema files another version wrote (docs/operations.md, Backups and
+restores): a key this version does not know is ignored and kept on disk, the collection
+served; a value of an enum it does not know (a newer data type, say) leaves that collection
+out with one WARNING line naming it, no traceback, the others served. Before, such a value
+was read as UNSPECIFIED (the property typeless, the collection served wrongly)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
+
+from tests.retrieval.conftest import MakeRetrieval, obj, vector_collection
+
+
+def _schema_file(data_dir: Path, name: str) -> Path:
+    """The schema file of the default tenant's collection ``name`` (edge engine)."""
+    for path in (data_dir / "qdrant" / "collections").glob("*.json"):
+        if json.loads(path.read_text(encoding="utf-8"))["name"] == name:
+            return path
+    raise AssertionError(f"no schema file for {name}")
+
+
+def _edit(path: Path, change: dict[str, object], title_type: str | None = None) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(change)
+    if title_type is not None:
+        data["properties"][0]["data_type"] = title_type
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+async def test_a_schema_from_another_version(
+    make_retrieval: MakeRetrieval, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await make_retrieval()
+    for name in ("Newer", "Unknowable"):
+        await first.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection(name))
+        )
+        await first.stub.UpsertObjects(
+            pb.UpsertObjectsRequest(
+                collection=name, objects=[obj({"title": "puffins"}, vector=[1, 0, 0, 0])]
+            )
+        )
+    await first.stop()
+    data_dir = tmp_path / "data"
+    newer = _schema_file(data_dir, "Newer")
+    _edit(newer, {"retention": {"days": 30}})  # a key a newer version added
+    _edit(_schema_file(data_dir, "Unknowable"), {}, title_type="DATA_TYPE_GEO_POINT")
+
+    caplog.set_level(logging.INFO)
+    again = await make_retrieval()
+    got = await again.stub.GetCollection(pb.GetCollectionRequest(name="Newer"))
+    title = got.collection.properties[0]
+    assert (title.name, title.data_type) == ("title", pb.DATA_TYPE_TEXT)
+    found = await again.stub.Search(
+        pb.SearchRequest(
+            collection="Newer", near_vector=pb.NearVector(vector=[1, 0, 0, 0]), limit=5
+        )
+    )
+    assert [h.properties["title"] for h in found.hits] == ["puffins"]
+    # Kept for the version that wrote it (this one never rewrites a schema file).
+    assert json.loads(newer.read_text(encoding="utf-8"))["retention"] == {"days": 30}
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await again.stub.GetCollection(pb.GetCollectionRequest(name="Unknowable"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await again.stub.ListCollections(pb.ListCollectionsRequest())
+    assert [c.name for c in listed.collections] == ["Newer"]
+    warned = [
+        r
+        for r in caplog.records
+        if r.name == "gensearch.retrieval.catalog" and r.levelno >= logging.WARNING
+    ]
+    assert warned, "no line names the collection left out"
+    assert all(r.exc_info is None for r in warned)  # one line, no traceback
+    assert "'Unknowable'" in warned[0].getMessage()
+    assert "DATA_TYPE_GEO_POINT" in warned[0].getMessage()
