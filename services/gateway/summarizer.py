@@ -7,7 +7,9 @@ the next turn of that conversation submits another) and a few workers fold in th
 background. Stopping the gateway drains the queue (``drain``, within
 ``summary_drain_timeout``).
 
-Several replicas may fold one conversation at once: memory's UpdateConversationSummary is
+One replica folds one conversation at a time (a job submitted while its conversation's
+fold runs is queued when that fold ends). Several replicas may fold one conversation at
+once: memory's UpdateConversationSummary is
 a compare-and-set on the interaction the summary covers up to, so the slower writer gets
 ABORTED and drops its fold (the summary it would have replaced already moved on).
 
@@ -28,6 +30,7 @@ applies), so an owner whose memory is full costs no call; the text is cut to mem
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
 from gensearch.memory.v1 import memory_service_pb2 as mem_pb
 
+from services.common.call_deadline import context_past_the_call
 from services.common.errors import ServiceError
 from services.common.turn_size import fit_utf8
 from services.gateway.background import WorkQueue
@@ -146,14 +150,26 @@ class Summarizer:
             workers=settings.summary_workers,
             drain_timeout=settings.summary_drain_timeout,
         )
+        # Conversations with a job queued, and with one running. A turn stored while its
+        # conversation's fold runs leaves its job in ``_again`` (the newest one, with the
+        # context of its call) until that fold ends: two folds of one conversation at once
+        # read the same summary, and one of them always loses the compare-and-set, its
+        # LLM calls spent (and charged to the tenant's quota) for nothing.
         self._pending: set[tuple[str, str, str]] = set()
+        self._running: set[tuple[str, str, str]] = set()
+        self._again: dict[tuple[str, str, str], tuple[FoldJob, contextvars.Context]] = {}
 
     def submit(self, job: FoldJob) -> bool:
         """Queues ``job`` unless one for the same conversation waits in the queue already
-        (not yet started: it will read the state this job would); False (and counted)
-        when the queue is full or the gateway is stopping."""
+        (not yet started: it will read the state this job would); while one of that
+        conversation runs, ``job`` waits for its end, then is queued (one fold of a
+        conversation at a time). False (and counted) when the queue is full or the gateway
+        is stopping."""
         key = (job.caller.tenant, job.caller.user, job.conversation_id)
         if key in self._pending:
+            return True
+        if key in self._running and not self._jobs.closed:
+            self._again[key] = (job, context_past_the_call())
             return True
         if self._jobs.closed:
             SUMMARY_FOLDS.labels("dropped").inc()
@@ -174,9 +190,12 @@ class Summarizer:
         await self._jobs.drain()
 
     async def _run(self, got: FoldJob) -> None:
-        # Queued no more: a turn stored from now on queues its own job, which sees it
-        # (one that only waited in the queue needs none: this job reads the state now).
-        self._pending.discard((got.caller.tenant, got.caller.user, got.conversation_id))
+        # Queued no more: a turn stored from now on leaves its own job for after this one,
+        # which sees it (one that only waited in the queue needs none: this job reads the
+        # state now).
+        key = (got.caller.tenant, got.caller.user, got.conversation_id)
+        self._pending.discard(key)
+        self._running.add(key)
         try:
             await asyncio.wait_for(self.fold(got), self._s.summary_timeout)
         except TimeoutError:
@@ -190,6 +209,10 @@ class Summarizer:
             SUMMARY_FOLDS.labels("failed").inc()
             log.exception("summary fold failed")
         finally:
+            self._running.discard(key)
+            again = self._again.pop(key, None)
+            if again is not None:  # in its own call's context, as if submitted now
+                again[1].run(self.submit, again[0])
             SUMMARY_QUEUE.set(self._jobs.waiting())
 
     async def fold(self, job: FoldJob) -> None:

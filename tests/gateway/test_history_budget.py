@@ -638,6 +638,94 @@ async def test_a_turn_deleted_while_its_fold_runs_never_reaches_the_summary(
     assert set(_labels(summary.text)) == {0, 2, 3}
 
 
+async def _fold_calls(stack: Stack, count: int) -> None:
+    """Waits (polling, bounded) until the fake got ``count`` fold calls."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30
+    while True:
+        folds = [r for r in stack.fake.chat_requests if is_fold(r.json)]
+        if len(folds) >= count:
+            return
+        assert loop.time() < end, f"{len(folds)} fold calls, waited for {count}"
+        await asyncio.sleep(0.05)
+
+
+async def _drained(stack: Stack, cid: str) -> tuple[mem_pb.Conversation, list[str], list[str]]:
+    """Stops the gateway (its queued folds drained), then reads the conversation straight
+    from memory: the conversation, its turns' ids oldest first and their q<n> labels."""
+    await stack.gateway.stop(30)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
+    try:
+        memory = mem_grpc.MemoryServiceStub(channel)
+        alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
+        got = await memory.GetConversation(
+            mem_pb.GetConversationRequest(conversation_id=cid), metadata=alice
+        )
+        listed = await memory.ListInteractions(
+            mem_pb.ListInteractionsRequest(conversation_id=cid, page_size=100), metadata=alice
+        )
+    finally:
+        await channel.close()
+    turns = list(reversed(listed.interactions))
+    return got.conversation, [i.interaction_id for i in turns], [i.input for i in turns]
+
+
+async def test_a_turn_stored_while_its_conversations_fold_runs_is_folded_after_it(
+    stack_factory: StackFactory,
+) -> None:
+    """An Ask on a conversation whose fold (queued by the Ask before) holds its model call:
+    the new turn's fold waits for that one to end, then folds what is still pending (one
+    job per conversation at a time, as docs/gateway.md says). Before, the job was taken by
+    the second worker at once: both folds read the same summary, both made their model
+    call, and the later write lost the compare-and-set (``conflict``), its call wasted."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    first, second = asyncio.Event(), asyncio.Event()
+    conflicts = _folds("conflict")
+    stack.fake.enqueue(Behaviour.ok(), Behaviour.held(first))  # q12's answer, its fold
+    try:
+        answers = [await _ask(stack, cid, 12)]
+        await _fold_calls(stack, 1)  # the first fold holds its model call
+        stack.fake.enqueue(Behaviour.ok(), Behaviour.held(second))  # q13's answer, a fold
+        answers.append(await _ask(stack, cid, 13))
+        first.set()
+        await _summary_reaches(stack, cid, ids[0])  # the first fold's summary stored
+    finally:
+        first.set()
+        second.set()
+    conversation, order, _ = await _drained(stack, cid)
+    assert _folds("conflict") - conflicts == 0
+    # Every fold call made was stored (none spent on a fold that lost the race).
+    calls = [r for r in stack.fake.chat_requests if is_fold(r.json)]
+    assert len(calls) == conversation.summary.folds >= 2
+    assert order == ids + [a.interaction_id for a in answers]
+    through = order.index(conversation.summary.through_interaction_id)
+    assert set(_labels(conversation.summary.text)) == set(range(through + 1))
+    assert conversation.summary.summarised_turns == through + 1
+
+
+async def test_five_asks_at_once_on_one_conversation_store_each_turn_once_and_fold_each_once(
+    stack_factory: StackFactory,
+) -> None:
+    """Five Asks at once on one conversation (a backlog to fold): five turns stored, each
+    once, newest first by id; once the folds are drained, the summary holds exactly the
+    turns it claims (each folded once, none skipped), however the folds interleaved."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    answers = await asyncio.gather(*(_ask(stack, cid, 12 + n) for n in range(5)))
+    conversation, order, inputs = await _drained(stack, cid)
+    made = [a.interaction_id for a in answers]
+    assert len(set(made)) == 5
+    assert order[:12] == ids and sorted(order[12:]) == sorted(made) and order == sorted(order)
+    assert conversation.interaction_count == 17
+    summary = conversation.summary
+    through = order.index(summary.through_interaction_id)
+    assert _labels(summary.text) == sorted(_labels(q)[0] for q in inputs[: through + 1])
+    assert summary.summarised_turns == through + 1
+
+
 async def test_a_fold_with_more_pending_turns_than_it_reads_folds_the_oldest_first(
     stack_factory: StackFactory,
 ) -> None:
