@@ -32,7 +32,9 @@ a plain set kept every key ever stored while its tenant kept writing (its TTL re
 each write), growing by up to the LLM-calls quota a minute with no end. A collection
 deleted some other way (straight on retrieval) cannot be reached through its old entries
 anyway: its successor has another creation time; they wait for their TTL, bounded by
-``cache_max_ttl``.
+``cache_max_ttl``. A search that read the collection before a delete through the gateway
+and stores after the drop stores nothing: the drop first marks that collection (by its
+creation time) dropped, and the put script reads the mark (``dropped_key``).
 
 Best effort: with no Redis configured, or Redis failing, the call generates as if the
 cache were off (logged, counted); a cache never fails a search. Errors are never stored.
@@ -193,6 +195,8 @@ def _ms(seconds: float) -> int:
 # Keys unlinked per command when a collection's entries are dropped; also the most
 # entries one write releases or evicts (bounded work per script: Redis runs one at a time).
 _DROP_BATCH = 500
+# The put script's answer for an entry whose collection was deleted (its drop mark).
+_DROPPED = 2
 # What a key costs besides the value: the entry's name, its ledger member, its size field
 # and its collection index member.
 _KEY_COPIES = 4
@@ -373,6 +377,7 @@ class GenerationCache:
         keys = [key, *self.ledger_keys(scope.tenant)]
         if scope.collection:  # inline objects: no collection to drop them with
             keys.append(self.index_key(scope.tenant, scope.collection))
+            keys.append(self.dropped_key(scope))
         cost = len(value) + _KEY_COPIES * len(key)
         args: list[bytes | int] = [
             value,
@@ -383,7 +388,10 @@ class GenerationCache:
             _DROP_BATCH,
         ]
         try:
-            if not await self._put(keys=keys, args=args):
+            stored = await self._put(keys=keys, args=args)
+            if stored == _DROPPED:
+                log.info("generation cache entry not stored: its collection was deleted")
+            elif not stored:
                 log.info("generation cache entry not stored: over the tenant's budget")
         except REDIS_FAILURES as err:
             redis_errors.count("generation_cache", err)
@@ -391,10 +399,22 @@ class GenerationCache:
         else:
             self._recovered(key)
 
-    async def drop_collection(self, tenant: str, collection: str) -> None:
+    def dropped_key(self, scope: Scope) -> str:
+        """The mark that ``scope``'s collection (that name, created then) was deleted:
+        written by ``drop_collection`` before it drops the entries, it makes the stores
+        of searches that read the collection before the delete store nothing (the put
+        script reads it). Lives ``cache_max_ttl``: no search outlives that."""
+        return f"{self._prefix}:gencache-dropped:{{{_tenant_tag(scope.tenant)}}}:{scope.tag()}"
+
+    async def drop_collection(
+        self, tenant: str, collection: str, created_ns: int | None = None
+    ) -> None:
         """Delete every entry stored for ``tenant``'s ``collection``, and its index. Best
         effort, like the rest of the cache: a Redis failure is logged, and what was not
-        dropped is unreachable and expires with its TTL."""
+        dropped is unreachable and expires with its TTL. ``created_ns``: the deleted
+        collection's creation time, when known; its drop mark is written first, so a store
+        after the drop (a search that read the collection before the delete) stores
+        nothing, and one before it is in the index the drop reads."""
         redis = self._redis
         if redis is None:
             return
@@ -403,6 +423,9 @@ class GenerationCache:
         scored_index = self._scored_index_key(tenant, collection)
         old_index = self._old_index_key(tenant, collection)
         try:
+            if created_ns is not None:
+                mark = self.dropped_key(Scope(tenant, collection, created_ns))
+                await redis.set(mark, b"1", px=_ms(self._max_ttl))
             # The tenant's entries (one slot with its ledger): unlinked and their bytes
             # given back, a batch per script.
             batch: list[bytes | str] = []

@@ -81,8 +81,10 @@ def test_gateway_keys_of_a_tenant_share_its_own_tag(
 
     def cache_keys(tenant: str) -> list[str]:
         entry = cache.keys_for(Scope(tenant, collection, 7), Options(provider="p"))(messages)
-        # One gencache_put: entry, ledger, sizes, index.
-        return [entry, *cache.ledger_keys(tenant), cache.index_key(tenant, collection)]
+        # One gencache_put: entry, ledger, sizes, index, drop mark.
+        scope = Scope(tenant, collection, 7)
+        index = cache.index_key(tenant, collection)
+        return [entry, *cache.ledger_keys(tenant), index, cache.dropped_key(scope)]
 
     mine = one_tag(cache_keys(tenant))
     if other != tenant:

@@ -1,14 +1,18 @@
 -- Store one exact-cache entry within its tenant's byte budget (generation_cache.put).
 -- KEYS: the entry, the tenant's ledger (sorted set: entry -> expiry, epoch ms), the
--- tenant's sizes (hash: entry -> bytes, and '#total'), [the collection's index]. One
+-- tenant's sizes (hash: entry -> bytes, and '#total'), [the collection's index, its drop
+-- mark (generation_cache.dropped_key)]. One
 -- hash tag (the tenant's): one slot, so one atomic script on a cluster too.
 -- ARGV: value, ttl ms, cost (bytes), budget (bytes), lifetime of the bookkeeping ms,
 -- most entries released or evicted by one call.
 -- Returns 1 stored, 0 not (the entry alone is over the budget, or room could not be made
--- within the batch).
+-- within the batch), 2 not (its collection was deleted: the search read it before).
 local entry, ledger, sizes, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, cost, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local keep, batch = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Deleted after the search read it: nobody can read this entry, and the drop that would
+-- remove it has run already.
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
 -- Never fits: evict nothing for it.
 if cost > budget then return 0 end
 -- Redis' clock, not a replica's: every gateway replica scores with the same one.

@@ -1,0 +1,150 @@
+"""A collection deleted through the gateway while a call on it is half done: a generative
+search whose LLM calls are held (unary and streaming), an ImportObjects stream held between
+two messages. Every answer a clear status naming the collection, never INTERNAL; nothing
+the delete removed comes back; no generation-cache answer of the old collection is served
+to its successor."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import struct_pb2
+
+from services.devlaunch.redis_server import RedisProcess
+from tests.gateway.conftest import Stack, StackFactory, create_books, vector
+from tests.gateway.test_generation_cache import ALICE, KEYS, USE, cache_keys, search
+from tests.support.rpc import error_info
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"gc-{uuid.uuid4().hex[:10]}"  # stacks share the session's Redis
+
+
+@pytest.fixture
+async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
+    return await stack_factory(
+        shared={"api_keys": KEYS}, redis_url=shared_redis.url, quota_key_prefix=prefix
+    )
+
+
+async def _delete(stack: Stack) -> None:
+    await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+
+
+async def _gone(stack: Stack) -> None:
+    """The collection is not there, nor listed: nothing made it again."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.GetCollection(
+            ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(caught.value)
+    assert info is not None and info.metadata.get("field") in ("name", "collection"), info
+    listed = await stack.retrieval.ListCollections(ret_pb.ListCollectionsRequest(), metadata=ALICE)
+    assert [c.name for c in listed.collections] == []
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_generative_search_whose_collection_is_deleted_while_it_generates(
+    cached: Stack, shared_redis: RedisProcess, prefix: str, streaming: bool
+) -> None:
+    """The search's LLM calls held on the fake's gate while DeleteCollection runs through
+    the gateway: the search answers with the hits it read before (a snapshot), the
+    collection stays gone, and its answers are not stored after the drop: nothing of
+    them is left in Redis (unreachable, yet counted in the tenant's byte budget until
+    their TTL). Before, all six entries (five hits and the grouped task) were stored after
+    the drop. A search after the delete is NOT_FOUND naming ``collection``; a collection
+    made again under the name starts cold."""
+    await create_books(cached, metadata=ALICE)
+    cached.fake.gate = asyncio.Event()
+    request = search(USE)
+
+    async def run() -> object:
+        if streaming:
+            return [m async for m in cached.stub.StreamGenerativeSearch(request, metadata=ALICE)]
+        return await cached.stub.GenerativeSearch(request, metadata=ALICE)
+
+    task = asyncio.create_task(run())
+    try:
+        await asyncio.wait_for(cached.fake.gate_reached.wait(), 30)  # a bound, not a timing
+        await _delete(cached)
+    finally:
+        cached.fake.gate.set()
+    outcome = await task  # answered (a stream's events too), none an error
+    if isinstance(outcome, gw_pb.GenerativeSearchResponse):
+        generated = [h.generation for h in outcome.hits]
+        assert len(generated) == 5 and all(g.result and not g.cached for g in generated)
+    entries = [k for k in await cache_keys(shared_redis.url, prefix) if b":gencache:" in k]
+    assert entries == []  # 6 before: stored after the drop
+    await _gone(cached)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(caught.value)
+    assert info is not None and info.metadata["field"] == "collection"
+    # Made again under the name: its first search generates, none served from the cache.
+    await create_books(cached, metadata=ALICE)
+    again = await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    assert not any(h.generation.cached for h in again.hits) and not again.grouped.cached
+    # The old collection's drop mark leaves the new one's answers cached.
+    repeat = await cached.stub.GenerativeSearch(request, metadata=ALICE)
+    assert all(h.generation.cached for h in repeat.hits) and repeat.grouped.cached
+
+
+async def test_an_import_whose_collection_is_deleted_between_two_messages(
+    cached: Stack,
+) -> None:
+    """An ImportObjects stream held after its first message (written: counted) while the
+    collection is deleted: the next message is NOT_FOUND naming ``collection``, with what
+    the stream imported before; the collection is not made again (guard: held before)."""
+    await create_books(cached, metadata=ALICE)
+    second = asyncio.Event()
+
+    def batch(start: int) -> list[ret_pb.DataObject]:
+        objects = []
+        for i in range(start, start + 3):
+            props = struct_pb2.Struct()
+            props.update({"title": f"Imported {i}", "year": 2000 + i})
+            objects.append(ret_pb.DataObject(properties=props, vector=vector(i)))
+        return objects
+
+    async def batches() -> AsyncIterator[ret_pb.ImportObjectsRequest]:
+        yield ret_pb.ImportObjectsRequest(collection="Books", objects=batch(0))
+        await second.wait()
+        yield ret_pb.ImportObjectsRequest(objects=batch(3))
+
+    async def run() -> ret_pb.ImportObjectsResponse:
+        return await cached.retrieval.ImportObjects(batches(), metadata=ALICE)
+
+    task = asyncio.create_task(run())
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while True:  # the first message written
+            count = await cached.retrieval.CountObjects(
+                ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
+            )
+            if count.count == 8:
+                break
+            assert loop.time() < end
+            await asyncio.sleep(0.05)
+        await _delete(cached)
+    finally:
+        second.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await task
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(caught.value)
+    assert info is not None and info.metadata["field"] == "collection"
+    # The first message's objects are counted, and the second made nothing again.
+    assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("3", "3")
+    await _gone(cached)
