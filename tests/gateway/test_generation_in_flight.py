@@ -11,6 +11,7 @@ and RESOURCE_EXHAUSTED / TOO_MANY_CONCURRENT_RPCS.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -70,6 +71,19 @@ def _alices_slow_calls(
 def _refused(reason: str) -> float:
     labels = {"reason": reason}
     return REGISTRY.get_sample_value("gensearch_gateway_generation_refused_total", labels) or 0.0
+
+
+def _waiting() -> float:
+    return REGISTRY.get_sample_value("gensearch_gateway_generation_waiting") or 0.0
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition``: no pause of a fixed length holds on a loaded machine."""
+    for _ in range(1200):  # 60 s, far past any load
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the condition never held")
 
 
 async def test_a_fan_out_past_the_generation_limits_waits_instead_of_failing(
@@ -138,8 +152,12 @@ async def test_a_tenant_waits_for_one_freed_slot_not_for_another_tenants_whole_q
     another tenant's one call behind its whole queue, where the generation service's own
     turns between tenants never saw it."""
     fake.latency = 0.3
+    # Every answer is held until Bob's call waits: a fixed pause here let a loaded
+    # machine's late Bob arrive after Alice's first calls had ended (fewer of hers left).
+    fake.gate = asyncio.Event()
     stack = await stack_factory(generation_max_in_flight=2, max_hits=1)
     finished: list[str] = []
+    waiting_before = _waiting()
 
     async def one(who: tuple[tuple[str, str], ...], name: str) -> None:
         response = await stack.stub.GenerateOnObjects(_objects(1, name), metadata=who, timeout=30)
@@ -147,8 +165,11 @@ async def test_a_tenant_waits_for_one_freed_slot_not_for_another_tenants_whole_q
         finished.append(name)
 
     noisy = [asyncio.create_task(one(ALICE, f"alice{n}")) for n in range(8)]
-    await asyncio.sleep(0.1)  # both slots taken, six of Alice's calls waiting
-    await one(BOB, "bob")
+    await _until(lambda: fake.gated == 2 and _waiting() == waiting_before + 6)
+    bob = asyncio.create_task(one(BOB, "bob"))
+    await _until(lambda: _waiting() == waiting_before + 7)  # both slots taken, all six waiting
+    fake.gate.set()
+    await bob
     await asyncio.gather(*noisy)
     after = len(finished) - 1 - finished.index("bob")
     # First come, first served: Bob's call ran after all eight (after <= 1). In turns:
