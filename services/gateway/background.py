@@ -67,7 +67,20 @@ class WorkQueue(Generic[J]):
     def submit(self, tenant: str, job: J) -> bool:
         """Queues ``job`` of ``tenant``; False (the job will not run) when the queue is
         full, the tenant holds its share of it, or the gateway is stopping."""
-        if self.closed or self.waiting() >= self._size:
+        if self.closed:
+            return False
+        return self._put(tenant, job)
+
+    def requeue(self, tenant: str, job: J) -> bool:
+        """Queues ``job`` of ``tenant`` also once the gateway is stopping: for a job held
+        back while another ran, called by that running job (its runner, before the job
+        ends). A stopping queue still runs it: the running job is not done yet, so
+        ``drain``'s wait for the queue to empty waits for this one too. False when the
+        queue is full or the tenant holds its share of it, as ``submit``."""
+        return self._put(tenant, job)
+
+    def _put(self, tenant: str, job: J) -> bool:
+        if self.waiting() >= self._size:
             return False
         queue = self._jobs.get(tenant)
         if queue is not None and len(queue) >= self._per_tenant:

@@ -8,9 +8,10 @@ background. Stopping the gateway drains the queue (``drain``, within
 ``summary_drain_timeout``).
 
 One replica folds one conversation at a time (a job submitted while its conversation's
-fold runs is queued when that fold ends). Several replicas may fold one conversation at
-once: memory's UpdateConversationSummary is
-a compare-and-set on the interaction the summary covers up to, so the slower writer gets
+fold runs is held back, then queued when that fold ends, also once the gateway is
+stopping: the drain runs it; held back, it is not counted in ``SUMMARY_QUEUE``). Several
+replicas may fold one conversation at once: memory's UpdateConversationSummary is a
+compare-and-set on the interaction the summary covers up to, so the slower writer gets
 ABORTED and drops its fold (the summary it would have replaced already moved on).
 
 A fold takes the oldest pending turns first, at most ``summary_max_read_turns`` of them:
@@ -33,7 +34,7 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gensearch.generation.v1 import generation_service_pb2 as gen_pb
@@ -174,7 +175,14 @@ class Summarizer:
         if self._jobs.closed:
             SUMMARY_FOLDS.labels("dropped").inc()
             return False
-        if not self._jobs.submit(job.caller.tenant, job):
+        return self._queue(key, job, self._jobs.submit)
+
+    def _queue(
+        self, key: tuple[str, str, str], job: FoldJob, put: Callable[[str, FoldJob], bool]
+    ) -> bool:
+        """``job`` put on the queue by ``put`` (``WorkQueue.submit``, or ``requeue`` for a
+        job held back), counted dropped when refused."""
+        if not put(job.caller.tenant, job):
             SUMMARY_FOLDS.labels("dropped").inc()
             log.warning(
                 "summary queue full (or the tenant's share of it): fold dropped "
@@ -211,8 +219,12 @@ class Summarizer:
         finally:
             self._running.discard(key)
             again = self._again.pop(key, None)
-            if again is not None:  # in its own call's context, as if submitted now
-                again[1].run(self.submit, again[0])
+            if again is not None:
+                # In its own call's context, as if submitted now; queued also when the
+                # gateway began stopping meanwhile: the drain runs it (this job is not
+                # done yet, so the drain waits for it), as it would have had it been
+                # queued at once.
+                again[1].run(self._queue, key, again[0], self._jobs.requeue)
             SUMMARY_QUEUE.set(self._jobs.waiting())
 
     async def fold(self, job: FoldJob) -> None:

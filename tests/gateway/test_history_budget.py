@@ -33,6 +33,7 @@ from tests.gateway.conftest import ALICE, BOB, TOKEN, Stack, StackFactory, creat
 from tests.support.fake_openai import Behaviour
 from tests.support.redis_cluster import LocalCluster
 from tests.support.relay import Relay, serving
+from tests.support.waiting import until
 
 WINDOW = 1600
 RESERVE = 100
@@ -98,11 +99,11 @@ async def _get(stack: Stack, cid: str) -> mem_pb.Conversation:
 
 async def _summary_reaches(stack: Stack, cid: str, through: str, limit: float = 30.0) -> None:
     """Waits (polling, bounded) until the background fold covers ``through``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while (await _get(stack, cid)).summary.through_interaction_id < through:
-        assert loop.time() < end, "the summary never caught up"
-        await asyncio.sleep(0.05)
+
+    async def covered() -> bool:
+        return (await _get(stack, cid)).summary.through_interaction_id >= through
+
+    await until(covered, "the summary caught up", timeout=limit)
 
 
 def _labels(text: str) -> list[int]:
@@ -375,18 +376,10 @@ async def test_a_queued_fold_is_finished_at_shutdown(stack_factory: StackFactory
     ids = await _fill(stack, cid, 12)
     stack.fake.enqueue(Behaviour.ok(), Behaviour.ok(latency=0.5))  # the answer, a slow fold
     await _ask(stack, cid, 12)
-    await stack.gateway.stop(0)  # drains the summary queue before the channels close
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
-    try:
-        memory = mem_grpc.MemoryServiceStub(channel)
-        alice = forwarded_identity(Identity("alice", "alice", Role.ADMIN), TOKEN)
-        got = await memory.GetConversation(
-            mem_pb.GetConversationRequest(conversation_id=cid), metadata=alice
-        )
-    finally:
-        await channel.close()
-    assert got.conversation.summary.folds >= 1
-    assert got.conversation.summary.through_interaction_id >= ids[0]
+    # Stopping drains the summary queue before the channels close.
+    conversation, _, _ = await _drained(stack, cid, grace=0)
+    assert conversation.summary.folds >= 1
+    assert conversation.summary.through_interaction_id >= ids[0]
 
 
 async def test_the_answer_never_waits_for_its_fold(stack_factory: StackFactory) -> None:
@@ -407,11 +400,7 @@ async def test_the_answer_never_waits_for_its_fold(stack_factory: StackFactory) 
     # A bound on the wait, not a timing assertion: an answer held for the fold never comes.
     answer = await stack.stub.Ask(request, metadata=ALICE, timeout=60)
     assert answer.answer and answer.interaction_id and not answer.summary_used
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30
-    while not any(is_fold(r.json) for r in stack.fake.chat_requests):
-        assert loop.time() < end, "no fold was asked for"
-        await asyncio.sleep(0.05)
+    await _fold_calls(stack, 1)
     folds = [r for r in stack.fake.chat_requests if is_fold(r.json)]
     assert len(folds) == 1 and folds[0].finished_at is None  # still held
     conversation = await _get(stack, cid)
@@ -488,13 +477,9 @@ async def test_budget_summary_eviction_and_expiry_on_a_cluster(
     assert [c.conversation_id for c in listed_conversations.conversations] == [cid]
 
 
-async def _fold_directly(
-    stack: Stack, cid: str, keep_turns: int, queued: bool = False, **overrides: Any
-) -> None:
-    """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
-    its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
-    settings. ``queued``: submitted to the replica's summary queue, which it drains (the
-    fold counted and logged as a worker runs it, its errors too)."""
+def _replica(stack: Stack, **overrides: Any) -> Backends:
+    """The backends of a gateway replica of its own, on the stack's memory and generation,
+    with ``overrides`` of its settings (closed by the caller: ``clients.close()``)."""
     settings = GatewaySettings(
         **{
             "memory_addr": f"127.0.0.1:{stack.servers['memory'].port}",
@@ -504,10 +489,27 @@ async def _fold_directly(
             **overrides,
         }
     )
-    backends = Backends.build(settings)
+    return Backends.build(settings)
+
+
+def _alice_fold(cid: str, keep_turns: int) -> FoldJob:
+    """The job a turn of Alice's on ``cid`` would queue, keeping its ``keep_turns`` newest."""
     alice = Identity("alice", "alice", Role.ADMIN)
     caller = Caller(who=alice, identity=forwarded_identity(alice, TOKEN))
-    job = FoldJob(caller, cid, keep_turns, 10**6, Options("fake", "fake-model"), WINDOW, Estimate())
+    return FoldJob(
+        caller, cid, keep_turns, 10**6, Options("fake", "fake-model"), WINDOW, Estimate()
+    )
+
+
+async def _fold_directly(
+    stack: Stack, cid: str, keep_turns: int, queued: bool = False, **overrides: Any
+) -> None:
+    """One fold of ``cid`` keeping its ``keep_turns`` newest turns, by a gateway replica of
+    its own (the job a turn would queue, run in the foreground), with ``overrides`` of its
+    settings. ``queued``: submitted to the replica's summary queue, which it drains (the
+    fold counted and logged as a worker runs it, its errors too)."""
+    backends = _replica(stack, **overrides)
+    job = _alice_fold(cid, keep_turns)
     try:
         if queued:
             assert backends.summarizer.submit(job)
@@ -640,20 +642,20 @@ async def test_a_turn_deleted_while_its_fold_runs_never_reaches_the_summary(
 
 async def _fold_calls(stack: Stack, count: int) -> None:
     """Waits (polling, bounded) until the fake got ``count`` fold calls."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30
-    while True:
-        folds = [r for r in stack.fake.chat_requests if is_fold(r.json)]
-        if len(folds) >= count:
-            return
-        assert loop.time() < end, f"{len(folds)} fold calls, waited for {count}"
-        await asyncio.sleep(0.05)
+
+    async def made() -> bool:
+        return len([r for r in stack.fake.chat_requests if is_fold(r.json)]) >= count
+
+    await until(made, f"{count} fold calls", timeout=30)
 
 
-async def _drained(stack: Stack, cid: str) -> tuple[mem_pb.Conversation, list[str], list[str]]:
-    """Stops the gateway (its queued folds drained), then reads the conversation straight
-    from memory: the conversation, its turns' ids oldest first and their q<n> labels."""
-    await stack.gateway.stop(30)
+async def _drained(
+    stack: Stack, cid: str, grace: float = 30
+) -> tuple[mem_pb.Conversation, list[str], list[str]]:
+    """Stops the gateway (``grace`` for its calls, then its queued folds drained), then
+    reads the conversation straight from memory: the conversation, its turns' ids oldest
+    first and their q<n> labels."""
+    await stack.gateway.stop(grace)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{stack.servers['memory'].port}")
     try:
         memory = mem_grpc.MemoryServiceStub(channel)
@@ -705,6 +707,38 @@ async def test_a_turn_stored_while_its_conversations_fold_runs_is_folded_after_i
     assert conversation.summary.summarised_turns == through + 1
 
 
+async def test_a_fold_held_back_when_the_gateway_begins_to_stop_is_run_by_the_drain(
+    stack_factory: StackFactory,
+) -> None:
+    """A fold held back while its conversation's fold runs, and the gateway begins to stop
+    before that fold ends: the drain runs it, as it runs the queued ones (docs/gateway.md:
+    stopping drains the queue). Before, the running fold's end queued it through
+    ``submit``, which a stopping queue refuses: counted dropped, never run."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    ids = await _fill(stack, cid, 12)
+    replica = _replica(stack, summary_drain_timeout=120.0)  # bounded generously, not timed
+    first = asyncio.Event()
+    stack.fake.enqueue(Behaviour.held(first))  # the first fold's model call
+    dropped, conflicts = _folds("dropped"), _folds("conflict")
+    try:
+        assert replica.summarizer.submit(_alice_fold(cid, 2))  # folds q0..q9
+        await _fold_calls(stack, 1)  # and holds its model call
+        assert replica.summarizer.submit(_alice_fold(cid, 1))  # q10 too: held back
+        # Released once the drain below has begun (it closes the queue before it waits).
+        asyncio.get_running_loop().call_soon(first.set)
+        await replica.summarizer.drain()
+    finally:
+        first.set()
+        await replica.clients.close()
+    assert (_folds("dropped") - dropped, _folds("conflict") - conflicts) == (0, 0)
+    summary = (await _get(stack, cid)).summary
+    # q10 folded after q0..q9, every model call made stored (a batch a call).
+    assert summary.folds == len([r for r in stack.fake.chat_requests if is_fold(r.json)])
+    assert summary.through_interaction_id == ids[10]
+    assert set(_labels(summary.text)) == set(range(11))
+
+
 async def test_five_asks_at_once_on_one_conversation_store_each_turn_once_and_fold_each_once(
     stack_factory: StackFactory,
 ) -> None:
@@ -714,8 +748,10 @@ async def test_five_asks_at_once_on_one_conversation_store_each_turn_once_and_fo
     stack = await _stack(stack_factory)
     cid = await _conversation(stack)
     ids = await _fill(stack, cid, 12)
+    conflicts = _folds("conflict")
     answers = await asyncio.gather(*(_ask(stack, cid, 12 + n) for n in range(5)))
     conversation, order, inputs = await _drained(stack, cid)
+    assert _folds("conflict") - conflicts == 0  # one fold of the conversation at a time
     made = [a.interaction_id for a in answers]
     assert len(set(made)) == 5
     assert order[:12] == ids and sorted(order[12:]) == sorted(made) and order == sorted(order)

@@ -113,3 +113,33 @@ async def test_a_jobs_failure_is_logged_redacted_of_its_own_calls_keys_alone() -
         f"RuntimeError: refused {REDACTED}",
         f"RuntimeError: refused {REDACTED}; {first}",
     ]
+
+
+async def test_a_job_requeued_by_a_running_job_runs_in_the_drain_within_the_bounds() -> None:
+    """A running job queues the job held back behind it after the drain began: ``submit``
+    refuses it (the gateway is stopping), ``requeue`` takes it, within the queue's size,
+    and the drain runs it before it returns (the running job was not done yet)."""
+    running = asyncio.Event()
+    release = asyncio.Event()
+    ran: list[str] = []
+    taken: list[bool] = []
+
+    async def job(name: str) -> None:
+        ran.append(name)
+        if name == "running":
+            running.set()
+            await release.wait()
+            taken.append(queue.submit("t", "submitted"))
+            taken.append(queue.requeue("t", "held back"))
+            taken.append(queue.requeue("t", "past the size"))
+
+    queue: WorkQueue[str] = WorkQueue(
+        job, name="test", size=1, per_tenant=1, workers=1, drain_timeout=30
+    )
+    assert queue.submit("t", "running")
+    await asyncio.wait_for(running.wait(), 10)
+    # Released once the drain below has begun (it closes the queue before it waits).
+    asyncio.get_running_loop().call_soon(release.set)
+    await queue.drain()
+    assert taken == [False, True, False]
+    assert ran == ["running", "held back"]
