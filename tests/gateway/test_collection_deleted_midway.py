@@ -20,6 +20,7 @@ from services.devlaunch.redis_server import RedisProcess
 from tests.gateway.conftest import Stack, StackFactory, create_books, vector
 from tests.gateway.test_generation_cache import ALICE, KEYS, USE, cache_keys, search
 from tests.support.rpc import error_info
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -125,18 +126,15 @@ async def test_an_import_whose_collection_is_deleted_between_two_messages(
     async def run() -> ret_pb.ImportObjectsResponse:
         return await cached.retrieval.ImportObjects(batches(), metadata=ALICE)
 
+    async def first_message_written() -> bool:
+        count = await cached.retrieval.CountObjects(
+            ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
+        )
+        return count.count == 8
+
     task = asyncio.create_task(run())
     try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 30
-        while True:  # the first message written
-            count = await cached.retrieval.CountObjects(
-                ret_pb.CountObjectsRequest(collection="Books"), metadata=ALICE
-            )
-            if count.count == 8:
-                break
-            assert loop.time() < end
-            await asyncio.sleep(0.05)
+        await until(first_message_written, "the first message written", timeout=30)
         await _delete(cached)
     finally:
         second.set()
