@@ -510,3 +510,32 @@ async def test_a_store_names_the_collection_it_was_built_from(
     await r.stub.StoreCachedAnswer(same, metadata=ACME)
     assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).answer == b"Dune"
     await r.stub.StoreCachedAnswer(store(NEAR, b"unset"), metadata=ACME)  # not checked
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_store_naming_another_collections_creation_time_stores_nothing(
+    make_retrieval: MakeRetrieval, adapter: str
+) -> None:
+    """Guard (abuser12): a store whose ``collection_create_time`` is another tenant's
+    collection of that name, another collection of the tenant's, or set to zero (a
+    Timestamp sent empty) is NOT_FOUND naming ``collection`` and stores nothing: only the
+    very collection's time (or none) is taken."""
+    r = await start(make_retrieval, adapter)
+    await r.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Other")), metadata=ACME
+    )
+
+    async def created(name: str, who: tuple[tuple[str, str], ...]) -> int:
+        got = await r.stub.GetCollection(pb.GetCollectionRequest(name=name), metadata=who)
+        return got.collection.create_time.ToNanoseconds()
+
+    for ns in (await created("Docs", GLOBEX), await created("Other", ACME), 0):
+        wrong = store(Q, b"wrong")
+        wrong.collection_create_time.FromNanoseconds(ns)
+        assert wrong.HasField("collection_create_time")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await r.stub.StoreCachedAnswer(wrong, metadata=ACME)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, ns
+        assert error_info(caught.value).metadata["field"] == "collection"
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=GLOBEX)).found

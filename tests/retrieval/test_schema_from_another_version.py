@@ -15,6 +15,7 @@ import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 
 from tests.retrieval.conftest import MakeRetrieval, obj, vector_collection
+from tests.support.rpc import error_info
 
 
 def _schema_file(data_dir: Path, name: str) -> Path:
@@ -80,3 +81,49 @@ async def test_a_schema_from_another_version(
     assert all(r.exc_info is None for r in warned)  # one line, no traceback
     assert "'Unknowable'" in warned[0].getMessage()
     assert "DATA_TYPE_GEO_POINT" in warned[0].getMessage()
+
+
+async def test_every_value_a_caller_can_store_reads_back_after_a_restart(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """Guard (abuser12): a tenant cannot create a collection whose stored schema this
+    version reads back as unknown (and so loses at its next start). Every DataType and
+    every Distance a caller may send is served after a restart; a number that is no value
+    of its enum (protobuf keeps it, and the schema file would hold it) is refused at create,
+    INVALID_ARGUMENT naming the field."""
+    first = await make_retrieval()
+    types = [v for v in pb.DataType.values() if v != pb.DATA_TYPE_UNSPECIFIED]
+    every_type = pb.Collection(
+        name="EveryType",
+        properties=[pb.Property(name=f"p{v}", data_type=v) for v in types],  # type: ignore[arg-type]
+        vectorizer=pb.Vectorizer(kind=pb.VECTORIZER_KIND_NONE, dimensions=4),
+    )
+    await first.stub.CreateCollection(pb.CreateCollectionRequest(collection=every_type))
+    names = ["EveryType"]
+    for d in pb.Distance.values():
+        collection = vector_collection(f"Distance{d}")
+        collection.vectorizer.distance = d  # type: ignore[assignment]
+        await first.stub.CreateCollection(pb.CreateCollectionRequest(collection=collection))
+        names.append(f"Distance{d}")
+    bad_type = vector_collection("BadType")
+    bad_type.properties[0].data_type = 99  # type: ignore[assignment]
+    bad_kind = vector_collection("BadKind")
+    bad_kind.vectorizer.kind = 99  # type: ignore[assignment]
+    bad_distance = vector_collection("BadDistance")
+    bad_distance.vectorizer.distance = 99  # type: ignore[assignment]
+    for bad, field in (
+        (bad_type, "data_type"),
+        (bad_kind, "vectorizer.kind"),
+        (bad_distance, "vectorizer.distance"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await first.stub.CreateCollection(pb.CreateCollectionRequest(collection=bad))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.name
+        info = error_info(caught.value)
+        assert info is not None and info.metadata["field"].endswith(field), info
+    await first.stop()
+    again = await make_retrieval()
+    listed = await again.stub.ListCollections(pb.ListCollectionsRequest())
+    assert sorted(c.name for c in listed.collections) == sorted(names)
+    got = await again.stub.GetCollection(pb.GetCollectionRequest(name="EveryType"))
+    assert [p.data_type for p in got.collection.properties] == types
