@@ -197,6 +197,8 @@ def _ms(seconds: float) -> int:
 _DROP_BATCH = 500
 # The put script's answer for an entry whose collection was deleted (its drop mark).
 _DROPPED = 2
+# A drop mark's value: only its presence is read.
+_MARK = b"1"
 # What a key costs besides the value: the entry's name, its ledger member, its size field
 # and its collection index member.
 _KEY_COPIES = 4
@@ -403,8 +405,27 @@ class GenerationCache:
         """The mark that ``scope``'s collection (that name, created then) was deleted:
         written by ``drop_collection`` before it drops the entries, it makes the stores
         of searches that read the collection before the delete store nothing (the put
-        script reads it). Lives ``cache_max_ttl``: no search outlives that."""
+        script reads it). Lives ``cache_max_ttl``: no search outlives that; counted in
+        the tenant's byte budget (``_mark_dropped``)."""
         return f"{self._prefix}:gencache-dropped:{{{_tenant_tag(scope.tenant)}}}:{scope.tag()}"
+
+    async def _mark_dropped(self, scope: Scope, ledger: Sequence[str]) -> None:
+        """Writes ``scope``'s drop mark as one of the tenant's entries (the put script, in
+        its ledger and byte budget): a mark lives ``cache_max_ttl``, and a tenant creating
+        and deleting collections in a loop would otherwise leave one key per delete in
+        the shared Redis for that long (a week by default), outside any budget. At the
+        budget a mark makes room like an entry (the tenant's soonest-expiring first); a
+        mark evicted only leaves late stores of that collection unfenced (best effort)."""
+        mark = self.dropped_key(scope)
+        args: list[bytes | int] = [
+            _MARK,
+            _ms(self._max_ttl),
+            len(_MARK) + _KEY_COPIES * len(mark),
+            self._budget,
+            _ms(self._max_ttl),
+            _DROP_BATCH,
+        ]
+        await self._put(keys=[mark, *ledger], args=args)
 
     async def drop_collection(
         self, tenant: str, collection: str, created_ns: int | None = None
@@ -424,8 +445,7 @@ class GenerationCache:
         old_index = self._old_index_key(tenant, collection)
         try:
             if created_ns is not None:
-                mark = self.dropped_key(Scope(tenant, collection, created_ns))
-                await redis.set(mark, b"1", px=_ms(self._max_ttl))
+                await self._mark_dropped(Scope(tenant, collection, created_ns), ledger)
             # The tenant's entries (one slot with its ledger): unlinked and their bytes
             # given back, a batch per script.
             batch: list[bytes | str] = []

@@ -12,8 +12,10 @@ import uuid
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
+from services.gateway.generation_cache import GenerationCache
 from tests.gateway.conftest import Stack, StackFactory, create_books
 from tests.gateway.test_generation_cache import USE, cache_keys, search
 from tests.support.rpc import error_info
@@ -115,3 +117,29 @@ async def test_a_delete_with_retrieval_down_is_unavailable_and_writes_no_mark(
     assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(err) is not None
     assert await _marks(shared_redis, prefix) == []
+
+
+async def test_drop_marks_count_in_the_tenants_byte_budget(
+    cached: Stack, shared_redis: RedisProcess, prefix: str
+) -> None:
+    """A mark lives CACHE_MAX_TTL (a week by default): a tenant creating and deleting a
+    collection in a loop leaves one per delete. They are the tenant's entries, in its
+    ledger and byte budget, so a loop cannot grow the shared Redis past that budget.
+    Before, each mark was a bare key outside any budget: the ledger held none and the
+    tenant's total was 0 after three deletes."""
+    for _ in range(3):
+        await create_books(cached, metadata=ALICE)
+        await cached.retrieval.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+        )
+    marks = await _marks(shared_redis, prefix)
+    assert len(marks) == 3  # three collections, three creation times
+    ledger, sizes = GenerationCache(None, prefix, 60.0, 64 * 1024).ledger_keys("acme")
+    client = Redis.from_url(shared_redis.url)
+    try:
+        tracked = set(await client.zrange(ledger, 0, -1))
+        total = int(await client.hget(sizes, "#total") or 0)  # type: ignore[misc]
+    finally:
+        await client.aclose()
+    assert tracked == set(marks)
+    assert total >= sum(len(m) for m in marks)
