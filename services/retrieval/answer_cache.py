@@ -60,7 +60,7 @@ from services.common.values import check_uuid
 from services.common.well_known import duration_seconds, properties_sha256, struct
 from services.retrieval.answer_budget import SIZE_KEY, AnswerBudget, entry_bytes
 from services.retrieval.answer_cache_marker import CACHE_MARKER
-from services.retrieval.catalog import Catalog, CollectionGone
+from services.retrieval.catalog import Catalog
 from services.retrieval.embedders import Embedders
 from services.retrieval.filters import Match, Range
 from services.retrieval.schema import Schema
@@ -156,7 +156,13 @@ class AnswerCache:
 
     async def store(self, tenant: str, user: str, request: pb.StoreCachedAnswerRequest) -> None:
         schema = await self._catalog.get(tenant, request.collection)
-        _check_created(schema, request)
+        # The caller's collection (its create_time as the caller read it) must still be the
+        # one of that name: the gateway's store comes after its answer, from a collection
+        # it read through its own cache, maybe deleted and made again since (through
+        # another gateway, or on retrieval directly); the new one must not get the old
+        # one's answer. Unset: not checked.
+        if request.HasField("collection_create_time"):
+            schema = await self._catalog.check_created(schema, request.collection_create_time)
         self._check_question(request.question)
         s = self._settings
         if len(request.answer) > s.max_cached_answer_bytes:
@@ -355,23 +361,6 @@ def _asker(user: str) -> str:
     """Who asked an entry's question, as stored with it: a digest, never the name (the
     entry already lives in its tenant's collection)."""
     return hashlib.sha256(b"asker\0" + user.encode()).hexdigest()[:32]
-
-
-def _check_created(schema: Schema, request: pb.StoreCachedAnswerRequest) -> None:
-    """NOT_FOUND (``collection``) when the caller's collection (its ``create_time`` as the
-    caller read it) is not the one of that name here any more. The gateway's store comes
-    after its answer, from a collection it read through its own cache: that collection may
-    have been deleted and made again since (through another gateway, or on retrieval
-    directly), and the new one must not get the old one's answer. Unset: not checked."""
-    if not request.HasField("collection_create_time"):
-        return
-    if request.collection_create_time != schema.collection.create_time:
-        raise CollectionGone(
-            f"collection {schema.name!r} not found: the collection this answer was built "
-            "from was deleted (a collection created again under its name is another "
-            "collection)",
-            field="collection",
-        )
 
 
 def _check_context_key(key: str) -> None:

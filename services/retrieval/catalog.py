@@ -29,6 +29,7 @@ from typing import Any
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as pb
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.common.auth import DEFAULT_TENANT
 from services.common.errors import (
@@ -83,6 +84,36 @@ def is_collection_schema(data: dict[str, Any]) -> bool:
 class CollectionGone(NotFound):
     """NOT_FOUND for a collection deleted while a call used it, worded in the caller's
     terms already (the engine's own NOT_FOUND names the engine's collection)."""
+
+
+def _collection_gone(name: str, why: str) -> CollectionGone:
+    return CollectionGone(
+        f"collection {name!r} not found: {why} (a collection created again under its "
+        "name is another collection)",
+        field="collection",
+    )
+
+
+def _stored_collection(stored: dict[str, Any] | None) -> Schema | None:
+    """A collection's schema as the engine stores it, parsed; None if there is none, it is
+    not a collection's, or it does not parse (not the collection a caller read)."""
+    if stored is None or not is_collection_schema(stored):
+        return None
+    try:
+        return Schema.from_json(stored)
+    except json_format.ParseError:
+        return None
+
+
+def _is_collection_of(current: Schema | None, schema: Schema, create_time: Timestamp) -> bool:
+    """Whether ``current`` is ``schema``'s tenant's collection of its name created at
+    ``create_time`` (unset in collections from before create_time was stored)."""
+    return (
+        current is not None
+        and current.tenant == schema.tenant
+        and current.name == schema.name
+        and current.collection.create_time == create_time
+    )
 
 
 # (tenant, name) -> the stored schema and what it parsed to.
@@ -190,26 +221,46 @@ class Catalog:
         name (a new collection: another ``create_time``; a collection from before
         create_time was stored has none, and any collection made since has one). Asks the
         engine, not this replica's cache, so a delete by another replica counts too."""
-        stored = await self._store.schema(schema.store_name)
-        same = False
-        if stored is not None and is_collection_schema(stored):
-            try:
-                current = Schema.from_json(stored)
-            except json_format.ParseError:  # unreadable: not the collection we started with
-                current = None
-            same = (
-                current is not None
-                and current.tenant == schema.tenant
-                and current.name == schema.name
-                and current.collection.create_time == schema.collection.create_time
-            )
-        if not same:
+        current = _stored_collection(await self._store.schema(schema.store_name))
+        if not _is_collection_of(current, schema, schema.collection.create_time):
             self.forget(schema)
-            raise CollectionGone(
-                f"collection {schema.name!r} not found: it was deleted after this call "
-                "started (a collection created again under its name is another collection)",
-                field="collection",
+            raise _collection_gone(schema.name, "it was deleted after this call started")
+
+    async def check_created(self, schema: Schema, create_time: Timestamp) -> Schema:
+        """The collection of ``schema``'s name created at ``create_time`` (as a caller read
+        it, maybe long ago, maybe from another replica); NOT_FOUND (``collection``) if the
+        engine holds no such collection any more: deleted, or deleted and created again
+        under its name (another collection).
+
+        ``schema`` is this replica's cached one. Only when it differs is the engine asked:
+        another replica sharing the engine may have deleted and created the collection
+        again, and this replica's cache, reloaded only on a missing name, would otherwise
+        refuse every caller of the new collection until something else reloaded it."""
+        if schema.collection.create_time == create_time:
+            return schema
+        current = await self.current(schema)
+        if current is None or not _is_collection_of(current, schema, create_time):
+            raise _collection_gone(
+                schema.name, "the collection this answer was built from was deleted"
             )
+        return current
+
+    async def current(self, schema: Schema) -> Schema | None:
+        """The collection the engine holds now under ``schema``'s (tenant, name), read from
+        the engine, and this replica's cache set to it; None, and ``schema`` forgotten
+        here, when the engine holds none there (or one whose schema does not parse)."""
+        key = (schema.tenant, schema.name)
+        # Under the lock, as a load: a delete of this replica (it holds the lock while the
+        # engine drops the collection) must not be undone by a read from before it.
+        async with self._lock:
+            stored = await self._store.schema(schema.store_name)
+            current = _stored_collection(stored)
+            if stored is None or current is None or (current.tenant, current.name) != key:
+                self.forget(schema)
+                return None
+            self._schemas[key] = current
+            self._parsed[key] = (stored, current)  # no reload parses it again
+        return current
 
     def of_tenant(self, tenant: str) -> list[Schema]:
         """The tenant's collections as of the last load (and this replica's own creates

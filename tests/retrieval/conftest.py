@@ -71,19 +71,16 @@ async def make_retrieval(
     started: list[Retrieval] = []
 
     async def make(
-        adapter: str = "edge", data_dir: Path | None = None, **overrides: Any
+        adapter: str = "edge",
+        data_dir: Path | None = None,
+        store: VectorStore | None = None,
+        **overrides: Any,
     ) -> Retrieval:
+        """``store``: another server's, for a replica sharing its engine (a Qdrant server's
+        client; one qdrant-edge data dir is one process's)."""
         settings = RetrievalSettings(data_dir=data_dir or tmp_path / "data", **overrides)
-        store: VectorStore
-        if adapter == "edge":
-            store = EdgeStore(
-                settings.data_dir / "qdrant",
-                settings.engine_write_turn_bytes,
-                settings.flush_after_objects,
-                settings.flush_interval_seconds,
-            )
-        else:
-            store = ServerStore(AsyncQdrantClient(location=":memory:"))
+        if store is None:
+            store = _new_store(adapter, settings)
         server = await build_server(settings, port=0, store=store, local_embedder=local_embedder)
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -95,6 +92,17 @@ async def make_retrieval(
     for harness in started:
         with contextlib.suppress(Exception):  # some tests stop their server themselves
             await harness.stop()
+
+
+def _new_store(adapter: str, settings: RetrievalSettings) -> VectorStore:
+    if adapter == "edge":
+        return EdgeStore(
+            settings.data_dir / "qdrant",
+            settings.engine_write_turn_bytes,
+            settings.flush_after_objects,
+            settings.flush_interval_seconds,
+        )
+    return ServerStore(AsyncQdrantClient(location=":memory:"))
 
 
 @pytest.fixture
@@ -222,3 +230,20 @@ def hold_engine(r: Retrieval) -> tuple[threading.Event, asyncio.Future[Any]]:
     finally:
         auth._current.reset(token)
     return gate, holding
+
+
+def hold_embedding(
+    monkeypatch: pytest.MonkeyPatch, embedder: LocalEmbedder
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """``embedder``'s next embeddings wait, once begun (the first event set), until the
+    second event is set: a call held after it read its collection."""
+    real = embedder.embed
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(texts: list[str]) -> list[list[float]]:
+        entered.set()
+        await release.wait()
+        return await real(texts)
+
+    monkeypatch.setattr(embedder, "embed", held)
+    return entered, release

@@ -19,7 +19,7 @@ from services.retrieval.answer_cache import AnswerCache, cache_store_name
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, StoredPoint
-from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, hold_embedding, vector_collection
 from tests.support.forwarded import forwarded
 from tests.support.rpc import error_info
 
@@ -420,15 +420,7 @@ async def test_a_store_racing_the_collections_delete_leaves_no_cache_behind(
     if cached_before:
         await r.stub.StoreCachedAnswer(store(NEAR), metadata=ACME)
     before = await r.store.schemas()
-    real = local_embedder.embed
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def held(texts: list[str]) -> list[list[float]]:
-        entered.set()
-        await release.wait()
-        return await real(texts)
-
-    monkeypatch.setattr(local_embedder, "embed", held)
+    entered, release = hold_embedding(monkeypatch, local_embedder)
     late = asyncio.ensure_future(r.stub.StoreCachedAnswer(store(Q), metadata=ACME))
     await entered.wait()
     await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
@@ -441,8 +433,7 @@ async def test_a_store_racing_the_collections_delete_leaves_no_cache_behind(
     left = await r.store.schemas()
     gone = 2 if cached_before else 1  # the collection, and its cache if it had one
     assert len(left) == len(before) - gone
-    # The same name made again starts with an empty cache.
-    monkeypatch.setattr(local_embedder, "embed", real)
+    # The same name made again starts with an empty cache (embeddings wait no more: released).
     await r.stub.CreateCollection(
         pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
     )
@@ -510,6 +501,8 @@ async def test_a_store_names_the_collection_it_was_built_from(
     await r.stub.StoreCachedAnswer(same, metadata=ACME)
     assert (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).answer == b"Dune"
     await r.stub.StoreCachedAnswer(store(NEAR, b"unset"), metadata=ACME)  # not checked
+    # Stored: the lookup of its very question finds it (nearer than Q's "Dune").
+    assert (await r.stub.LookupCachedAnswer(lookup(NEAR, 0.99), metadata=ACME)).answer == b"unset"
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -539,3 +532,36 @@ async def test_a_store_naming_another_collections_creation_time_stores_nothing(
         assert error_info(caught.value).metadata["field"] == "collection"
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=GLOBEX)).found
+
+
+async def test_a_replica_whose_cache_is_stale_stores_for_the_collection_made_again(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """Two replicas on one engine (a Qdrant server: its client shared). The collection is
+    deleted and made again through one; the other still caches the old one (a name it
+    knows is not reloaded). A store naming the new collection's create_time through the
+    stale replica is stored (it was NOT_FOUND "deleted", on every store, until something
+    reloaded that replica); one naming the old collection's is still refused."""
+    first = await start(make_retrieval, "server")
+    second = await make_retrieval("server", store=first.store, internal_token=SecretStr(TOKEN))
+    get = pb.GetCollectionRequest(name="Docs")
+    old = (await second.stub.GetCollection(get, metadata=ACME)).collection  # cached there
+    await first.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
+    await first.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+    )
+    new = (await first.stub.GetCollection(get, metadata=ACME)).collection
+    assert new.create_time != old.create_time
+    fresh = store(Q, b"new")
+    fresh.collection_create_time.CopyFrom(new.create_time)
+    await second.stub.StoreCachedAnswer(fresh, metadata=ACME)
+    for replica in (first, second):
+        found = await replica.stub.LookupCachedAnswer(lookup(), metadata=ACME)
+        assert found.answer == b"new"
+    stale = store(NEAR, b"old")
+    stale.collection_create_time.CopyFrom(old.create_time)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await second.stub.StoreCachedAnswer(stale, metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'Docs'" in (caught.value.details() or "")
+    assert error_info(caught.value).metadata["field"] == "collection"

@@ -26,7 +26,7 @@ from services.retrieval.catalog import is_collection_schema
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, StoredPoint, VectorStore
-from tests.retrieval.conftest import MakeRetrieval, Retrieval, vector_collection
+from tests.retrieval.conftest import MakeRetrieval, Retrieval, hold_embedding, vector_collection
 from tests.retrieval.test_answer_cache import ACME, GLOBEX, TOKEN, lookup, store
 from tests.support.rpc import error_info
 
@@ -380,15 +380,7 @@ async def test_a_store_into_a_deleted_collection_evicts_nothing(
     await create(r, ACME, "Notes")
     for n in range(3):  # the budget's whole room
         await r.stub.StoreCachedAnswer(put(n, 60, "Notes"), metadata=ACME)
-    real = local_embedder.embed
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def held_embedding(texts: list[str]) -> list[list[float]]:
-        entered.set()
-        await release.wait()
-        return await real(texts)
-
-    monkeypatch.setattr(local_embedder, "embed", held_embedding)
+    entered, release = hold_embedding(monkeypatch, local_embedder)
     late = asyncio.ensure_future(r.stub.StoreCachedAnswer(put(3, 600), metadata=ACME))
     await entered.wait()
     await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
