@@ -15,7 +15,8 @@ from typing import Any
 def unknown_enum_value(descriptor: Any, data: Any, path: str = "") -> str | None:
     """The path and value of the first enum name in ``data`` (a message's JSON form,
     proto field names or JSON names) that ``descriptor``'s enums do not have; None if
-    every one is known. Numbers are left to protobuf (an open enum keeps them).
+    every one is known. Numbers are left to protobuf (an open enum keeps them), a number
+    written as a string ("2") too: ParseDict reads it as that number.
     ``descriptor``: a message's Descriptor (typed Any: protobuf's Python one or upb's)."""
     if not isinstance(data, dict):
         return None  # a well-known type's JSON form (a time, a duration), or not ours
@@ -35,13 +36,25 @@ def unknown_enum_value(descriptor: Any, data: Any, path: str = "") -> str | None
         for index, value in items:
             at = where if index is None else f"{where}[{index!r}]"
             if field.enum_type is not None:
-                if isinstance(value, str) and value not in field.enum_type.values_by_name:
+                if _unknown_name(field.enum_type, value):
                     return f"{at}: {value!r}"
             elif field.message_type is not None and not _well_known(field.message_type):
                 found = unknown_enum_value(field.message_type, value, f"{at}.")
                 if found is not None:
                     return found
     return None
+
+
+def _unknown_name(enum_type: Any, value: Any) -> bool:
+    """Whether ``value`` is a name ``enum_type`` does not have. A string ``int()`` reads is
+    a number to ParseDict (it tries the name, then ``int(value)``), not a name."""
+    if not isinstance(value, str) or value in enum_type.values_by_name:
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return True
+    return False
 
 
 def _well_known(descriptor: Any) -> bool:

@@ -38,7 +38,7 @@ async def test_a_schema_from_another_version(
     make_retrieval: MakeRetrieval, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = await make_retrieval()
-    for name in ("Newer", "Unknowable"):
+    for name in ("Newer", "Numbered", "Unknowable"):
         await first.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection(name))
         )
@@ -52,6 +52,8 @@ async def test_a_schema_from_another_version(
     newer = _schema_file(data_dir, "Newer")
     _edit(newer, {"retention": {"days": 30}})  # a key a newer version added
     _edit(_schema_file(data_dir, "Unknowable"), {}, title_type="DATA_TYPE_GEO_POINT")
+    # An enum as its number in a string: ParseDict reads it as that number, a known value.
+    _edit(_schema_file(data_dir, "Numbered"), {}, title_type=str(pb.DATA_TYPE_TEXT))
 
     caplog.set_level(logging.INFO)
     again = await make_retrieval()
@@ -70,14 +72,28 @@ async def test_a_schema_from_another_version(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await again.stub.GetCollection(pb.GetCollectionRequest(name="Unknowable"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    numbered = await again.stub.GetCollection(pb.GetCollectionRequest(name="Numbered"))
+    assert numbered.collection.properties[0].data_type == pb.DATA_TYPE_TEXT
     listed = await again.stub.ListCollections(pb.ListCollectionsRequest())
-    assert [c.name for c in listed.collections] == ["Newer"]
+    assert [c.name for c in listed.collections] == ["Newer", "Numbered"]
+    # Left out: not found to a delete either, and its name still taken in the engine.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await again.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Unknowable"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await again.stub.CreateCollection(
+            pb.CreateCollectionRequest(collection=vector_collection("Unknowable"))
+        )
+    # The engine still holds it under its name: ALREADY_EXISTS, never a second collection
+    # over its files.
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_info(caught.value).metadata["field"] == "collection.name"
     warned = [
         r
         for r in caplog.records
         if r.name == "gensearch.retrieval.catalog" and r.levelno >= logging.WARNING
     ]
-    assert warned, "no line names the collection left out"
+    assert len(warned) == 1, [r.getMessage() for r in warned]  # one line, not one a reload
     assert all(r.exc_info is None for r in warned)  # one line, no traceback
     assert "'Unknowable'" in warned[0].getMessage()
     assert "DATA_TYPE_GEO_POINT" in warned[0].getMessage()
