@@ -270,8 +270,11 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
     async def DeleteCollection(
         self, request: ret_pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext
     ) -> ret_pb.DeleteCollectionResponse:
+        """Forwarded, then what this gateway keeps of the collection goes with it. The
+        caller's role comes first, as in CreateCollection: a caller who may not delete
+        collections is PERMISSION_DENIED with no downstream call."""
+        require_role(Role.ADMIN)
         caller = caller_of(context, self._token)
-        created_ns = await self._creation_time(request.name, caller, context.time_remaining())
         answer: ret_pb.DeleteCollectionResponse = await self._delete_collection(request, context)
         # This replica forgets a deleted collection at once (others within their
         # collection_cache_ttl): a collection recreated under the name is another one, with
@@ -279,26 +282,17 @@ class RetrievalForwarder(_Forwarder, ret_grpc.RetrievalServiceServicer):
         if self._catalog is not None:
             self._catalog.forget(caller.tenant, request.name)
         # Its cached answers go with it (the semantic ones live in retrieval, dropped there),
-        # and a search that read it before the delete stores none after the drop.
+        # and a search that read it before the delete stores none after the drop: the mark
+        # names the creation time of the collection the delete removed, as retrieval
+        # answers it (one call: a read before the delete could name another). A retrieval
+        # older than that field answers none: the entries are dropped, late stores are
+        # unfenced (upgrade retrieval first: docs/operations.md).
         if self._cache is not None:
+            created_ns = (
+                answer.create_time.ToNanoseconds() if answer.HasField("create_time") else None
+            )
             await self._cache.drop_collection(caller.tenant, request.name, created_ns)
         return answer
-
-    async def _creation_time(self, name: str, caller: Caller, timeout: float | None) -> int | None:
-        """The creation time of the collection a delete is about to remove, which fences
-        the generation cache's late stores for it (``GenerationCache.drop_collection``);
-        None with no cache, or when retrieval does not say (the delete answers for itself:
-        a missing collection is its NOT_FOUND, and a failed read only leaves late stores
-        unfenced, as before)."""
-        if self._cache is None or not self._cache.available:
-            return None
-        try:
-            got: ret_pb.GetCollectionResponse = await self._client.unary(
-                "GetCollection", ret_pb.GetCollectionRequest(name=name), caller, timeout
-            )
-        except ServiceError:
-            return None
-        return got.collection.create_time.ToNanoseconds()
 
     async def _charge_objects(self, request: Any, caller: Caller) -> None:
         """Counts the objects (and bytes) of an UpsertObjects request or ImportObjects

@@ -68,6 +68,7 @@ from services.common.redis_client import (
     answered,
     node_of,
 )
+from services.common.settings import MAX_WAIT_SECONDS
 from services.common.well_known import duration_seconds
 from services.gateway.generator import Options, generate_request
 from services.gateway.metrics import CACHE_LOOKUPS
@@ -199,6 +200,12 @@ _DROP_BATCH = 500
 _DROPPED = 2
 # A drop mark's value: only its presence is read.
 _MARK = b"1"
+# The longest a search's store can come after the search read its collection: its
+# generation phase is at most a day (generate.timeout's bound, DEFAULT_GENERATION_TIMEOUT's,
+# and the cap on a caller's deadline: generative_request.budget), plus an hour for the
+# search before it and the store's own write after its hit answered. A drop mark lives
+# that long (capped by CACHE_MAX_TTL: a later store's entry expires within it anyway).
+LONGEST_SEARCH_SECONDS = MAX_WAIT_SECONDS + 3600.0
 # What a key costs besides the value: the entry's name, its ledger member, its size field
 # and its collection index member.
 _KEY_COPIES = 4
@@ -223,6 +230,7 @@ class GenerationCache:
         self._redis = redis
         self._prefix = prefix
         self._max_ttl = max_ttl
+        self._mark_ttl = min(max_ttl, LONGEST_SEARCH_SECONDS)
         self._budget = max_bytes_per_tenant
         if redis is not None:
             # redis-py annotates register_script's self as Redis; RedisCluster has it too.
@@ -405,21 +413,24 @@ class GenerationCache:
         """The mark that ``scope``'s collection (that name, created then) was deleted:
         written by ``drop_collection`` before it drops the entries, it makes the stores
         of searches that read the collection before the delete store nothing (the put
-        script reads it). Lives ``cache_max_ttl``: no search outlives that; counted in
-        the tenant's byte budget (``_mark_dropped``)."""
+        script reads it). Lives as long as a search may still store after reading the
+        collection (``LONGEST_SEARCH_SECONDS``, capped by ``cache_max_ttl``), no longer:
+        the mark also refuses the stores of a collection restored from a backup (same
+        name, same creation time) while it lives, so it lived CACHE_MAX_TTL (7 days) for
+        no search. Counted in the tenant's byte budget (``_mark_dropped``)."""
         return f"{self._prefix}:gencache-dropped:{{{_tenant_tag(scope.tenant)}}}:{scope.tag()}"
 
     async def _mark_dropped(self, scope: Scope, ledger: Sequence[str]) -> None:
         """Writes ``scope``'s drop mark as one of the tenant's entries (the put script, in
-        its ledger and byte budget): a mark lives ``cache_max_ttl``, and a tenant creating
-        and deleting collections in a loop would otherwise leave one key per delete in
-        the shared Redis for that long (a week by default), outside any budget. At the
+        its ledger and byte budget): a mark lives about a day (``dropped_key``), and a
+        tenant creating and deleting collections in a loop would otherwise leave one key
+        per delete in the shared Redis for that long, outside any budget. At the
         budget a mark makes room like an entry (the tenant's soonest-expiring first); a
         mark evicted only leaves late stores of that collection unfenced (best effort)."""
         mark = self.dropped_key(scope)
         args: list[bytes | int] = [
             _MARK,
-            _ms(self._max_ttl),
+            _ms(self._mark_ttl),
             len(_MARK) + _KEY_COPIES * len(mark),
             self._budget,
             _ms(self._max_ttl),

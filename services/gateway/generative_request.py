@@ -209,4 +209,8 @@ def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySett
         # the chassis' own cut with its generic message (call_deadline.upstream_margin).
         cap = room_before_cut(call_remaining)
         value = cap if value is None else min(value, cap)
-    return settings.default_generation_timeout if value is None else value
+    if value is None:
+        return settings.default_generation_timeout
+    # At most a day, as generate.timeout is, whatever the caller's deadline: the generation
+    # cache's drop mark lives the longest a search runs (LONGEST_SEARCH_SECONDS).
+    return min(value, MAX_WAIT_SECONDS)

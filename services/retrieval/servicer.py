@@ -132,7 +132,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             await self._answers.drop(schema)
         except Exception:
             log.exception("dropping the answer cache of a deleted collection failed")
-        return pb.DeleteCollectionResponse()
+        # Which collection of the name this delete removed, from the same read that removed
+        # it: the gateway fences its generation cache's late stores with it (a separate
+        # read before the delete could see another one: a stale replica, a recreate).
+        return pb.DeleteCollectionResponse(create_time=schema.collection.create_time)
 
     # -- objects --------------------------------------------------------------------------
 

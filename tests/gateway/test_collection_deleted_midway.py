@@ -15,9 +15,11 @@ import pytest
 from gensearch.gateway.v1 import gateway_service_pb2 as gw_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from google.protobuf import struct_pb2
+from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
-from tests.gateway.conftest import Stack, StackFactory, create_books, vector
+from services.gateway.generation_cache import LONGEST_SEARCH_SECONDS, Scope
+from tests.gateway.conftest import Stack, StackFactory, create_books, retrieval_calls, vector
 from tests.gateway.test_generation_cache import ALICE, KEYS, USE, cache_keys, search
 from tests.support.rpc import error_info
 from tests.support.waiting import until
@@ -146,3 +148,47 @@ async def test_an_import_whose_collection_is_deleted_between_two_messages(
     # The first message's objects are counted, and the second made nothing again.
     assert (info.metadata["received_count"], info.metadata["imported_count"]) == ("3", "3")
     await _gone(cached)
+
+
+async def test_the_delete_fences_the_collection_it_removed_with_no_read_before(
+    stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str
+) -> None:
+    """A reader's DeleteCollection is PERMISSION_DENIED before any downstream call (it
+    cost a GetCollection before: the gateway read the creation time first). An admin's
+    delete reads nothing either: its drop mark names the creation time retrieval's delete
+    answers (the collection it removed), the one the collection had. The mark lives the
+    longest a search runs, not CACHE_MAX_TTL (7 days: a collection restored from a backup,
+    same creation time, had its stores refused that long)."""
+    stack = await stack_factory(
+        shared={"api_keys": f"{KEYS},rita@acme/reader:key-rita-acme"},
+        redis_url=shared_redis.url,
+        quota_key_prefix=prefix,
+    )
+    await create_books(stack, metadata=ALICE)
+    got = await stack.retrieval.GetCollection(
+        ret_pb.GetCollectionRequest(name="Books"), metadata=ALICE
+    )
+    created = got.collection.create_time
+    reads = retrieval_calls("GetCollection")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.retrieval.DeleteCollection(
+            ret_pb.DeleteCollectionRequest(name="Books"),
+            metadata=(("authorization", "Bearer key-rita-acme"),),
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert retrieval_calls("GetCollection") == reads  # 1 before
+    deleted = await stack.retrieval.DeleteCollection(
+        ret_pb.DeleteCollectionRequest(name="Books"), metadata=ALICE
+    )
+    assert retrieval_calls("GetCollection") == reads  # 1 before
+    assert deleted.create_time == created
+    marks = [k for k in await cache_keys(shared_redis.url, prefix) if b"gencache-dropped" in k]
+    tag = Scope("acme", "Books", created.ToNanoseconds()).tag()
+    assert len(marks) == 1 and marks[0].endswith(tag.encode()), marks
+    redis = Redis.from_url(shared_redis.url)
+    try:
+        life_ms = await redis.pttl(marks[0])
+    finally:
+        await redis.aclose()
+    assert 0 < life_ms <= LONGEST_SEARCH_SECONDS * 1000  # 7 days before
+    await _gone(stack)

@@ -51,7 +51,9 @@ async def test_create_get_list_delete(retrieval: Retrieval) -> None:
     assert got.object_count == 0
     listed = await stub.ListCollections(pb.ListCollectionsRequest())
     assert [c.name for c in listed.collections] == ["Articles"]
-    await stub.DeleteCollection(pb.DeleteCollectionRequest(name="Articles"))
+    deleted = await stub.DeleteCollection(pb.DeleteCollectionRequest(name="Articles"))
+    # Which collection of the name it removed (the gateway's cache fence reads it).
+    assert deleted.create_time == created.create_time
     await expect_error(
         stub.GetCollection(pb.GetCollectionRequest(name="Articles")),
         grpc.StatusCode.NOT_FOUND,
