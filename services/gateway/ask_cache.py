@@ -238,7 +238,13 @@ class SemanticAnswers:
                 # What this gateway keeps of the collection is older than that: forgotten,
                 # so the next Ask reads the new one and its own store is taken (else every
                 # store of the new collection was refused until COLLECTION_CACHE_TTL).
-                self._b.catalog.forget(job.caller.tenant, job.request.collection)
+                # Only the one this Ask read: a fresh entry of the new collection, kept
+                # since by another Ask, stays.
+                self._b.catalog.forget(
+                    job.caller.tenant,
+                    job.request.collection,
+                    job.request.collection_create_time,
+                )
                 SEMANTIC_STORES.labels("gone").inc()
                 log.info(
                     "semantic cache store: its collection is gone", extra={"reason": err.reason}

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
+from google.protobuf import timestamp_pb2
 
 from services.common.errors import ServiceError
 from services.gateway.clients import Caller, RetrievalClient
@@ -55,12 +56,21 @@ class Catalog:
         # keys' (a bounded, configured set).
         self._cache: dict[str, OrderedDict[tuple[str, str], tuple[float, CollectionInfo]]] = {}
 
-    def forget(self, tenant: str, name: str) -> None:
-        """Drop what is kept of ``tenant``'s collection ``name`` (for every user)."""
+    def forget(
+        self, tenant: str, name: str, created: timestamp_pb2.Timestamp | None = None
+    ) -> None:
+        """Drop what is kept of ``tenant``'s collection ``name`` (for every user).
+        ``created``: only what is kept of the collection created then, not one created
+        again under the name since (a late store's refusal knows which one it read; a
+        delete forgets every one)."""
         held = self._cache.get(tenant)
         if held is None:
             return
-        for key in [k for k in held if k[1] == name]:
+        for key in [
+            k
+            for k, (_, info) in held.items()
+            if k[1] == name and (created is None or info.collection.create_time == created)
+        ]:
             del held[key]
         if not held:
             del self._cache[tenant]
