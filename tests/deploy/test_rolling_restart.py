@@ -58,6 +58,16 @@ class Service:
         )
         self.proc: asyncio.subprocess.Process | None = None
 
+    @classmethod
+    def on_port(cls, name: str, full_name: str, port: int, logs: Path, **env: str) -> Service:
+        """``name`` as every walk here runs it: on ``port``, no metrics listener, a 2 s
+        grace period (each stop waits that long at most), its log in ``logs``; ``env``
+        adds its own settings."""
+        prefix = f"GENSEARCH_{name.upper()}_"
+        own = {f"{prefix}PORT": str(port), f"{prefix}METRICS_PORT": "0"}
+        own[f"{prefix}GRACE_PERIOD"] = "2"
+        return cls(name, full_name, port, {**own, **env}, logs / f"{name}.log")
+
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
@@ -77,32 +87,22 @@ class Service:
 async def test_a_rolling_restart_loses_no_acknowledged_write(tmp_path: Path) -> None:
     redis = await start_embedded(tmp_path / "redis")
     memory_port, gateway_port = free_port(), free_port()
-    memory = Service(
+    memory = Service.on_port(
         "memory",
         MEMORY,
         memory_port,
-        {
-            "GENSEARCH_DATA_DIR": str(tmp_path / "memory"),
-            "GENSEARCH_MEMORY_PORT": str(memory_port),
-            "GENSEARCH_MEMORY_METRICS_PORT": "0",
-            "GENSEARCH_MEMORY_REDIS_URL": redis.url,
-            "GENSEARCH_MEMORY_GRACE_PERIOD": "2",
-        },
-        tmp_path / "memory.log",
+        tmp_path,
+        GENSEARCH_DATA_DIR=str(tmp_path / "memory"),
+        GENSEARCH_MEMORY_REDIS_URL=redis.url,
     )
-    gateway = Service(
+    gateway = Service.on_port(
         "gateway",
         GATEWAY,
         gateway_port,
-        {
-            "GENSEARCH_GATEWAY_PORT": str(gateway_port),
-            "GENSEARCH_GATEWAY_METRICS_PORT": "0",
-            "GENSEARCH_GATEWAY_GRACE_PERIOD": "2",
-            "GENSEARCH_GATEWAY_MEMORY_ADDR": f"127.0.0.1:{memory_port}",
-            "GENSEARCH_GATEWAY_RETRIEVAL_ADDR": f"127.0.0.1:{free_port()}",
-            "GENSEARCH_GATEWAY_GENERATION_ADDR": f"127.0.0.1:{free_port()}",
-        },
-        tmp_path / "gateway.log",
+        tmp_path,
+        GENSEARCH_GATEWAY_MEMORY_ADDR=f"127.0.0.1:{memory_port}",
+        GENSEARCH_GATEWAY_RETRIEVAL_ADDR=f"127.0.0.1:{free_port()}",
+        GENSEARCH_GATEWAY_GENERATION_ADDR=f"127.0.0.1:{free_port()}",
     )
     # (the step under way, code, ErrorInfo reason) of each answer the client got
     seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
