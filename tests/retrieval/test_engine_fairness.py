@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from services.common.errors import ResourceExhausted
 from services.common.fair_executor import FairExecutor
 from services.retrieval.catalog import MISS_RELOAD_SECONDS, Catalog
 from services.retrieval.edge_store import EdgeStore
-from services.retrieval.embedders import Embedders
+from services.retrieval.embedders import Embedders, LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.store import CollectionLayout, StoredPoint
@@ -154,8 +153,18 @@ async def test_one_tenants_calls_keep_their_order_and_a_cancelled_call_never_run
 
 
 async def test_a_query_waits_for_one_batch_of_another_tenants_embedding_not_all_of_it(
-    make_retrieval: MakeRetrieval,
+    make_retrieval: MakeRetrieval, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The texts the local model embeds, one list a batch, in the order it embeds them (the
+    # real model embeds them: this only records). Order, no clocks.
+    encoded: list[list[str]] = []
+    encode = LocalEmbedder._encode
+
+    def recording(self: LocalEmbedder, texts: list[str]) -> list[list[float]]:
+        encoded.append(list(texts))
+        return encode(self, texts)
+
+    monkeypatch.setattr(LocalEmbedder, "_encode", recording)
     r = await make_retrieval("edge", internal_token=SecretStr(TOKEN))
     local = pb.Collection(
         name="Docs", properties=[pb.Property(name="body", data_type=pb.DATA_TYPE_TEXT)]
@@ -168,24 +177,24 @@ async def test_a_query_waits_for_one_batch_of_another_tenants_embedding_not_all_
     )
     # 512 texts: 8 of the model's batches of 64 (the fixture's embedder).
     texts = [f"{i} " + "the quick brown fox jumps over the lazy dog " * 4 for i in range(512)]
-    started = time.perf_counter()
+    before = len(encoded)
     noisy = asyncio.ensure_future(
         r.stub.UpsertObjects(
             pb.UpsertObjectsRequest(collection="Docs", objects=[obj({"body": t}) for t in texts]),
             metadata=NOISY,
         )
     )
-    await asyncio.sleep(0.2)  # its texts are on the model's thread
-    asked = time.perf_counter()
+    await _until(lambda: len(encoded) > before, "the noisy batch never reached the model")
     await r.stub.Search(
         pb.SearchRequest(collection="Docs", near_text=pb.NearText(text="hello")), metadata=QUIET
     )
-    quiet_seconds = time.perf_counter() - asked
     await noisy
-    noisy_seconds = time.perf_counter() - started
-    # First come, first served: the query waited for the whole batch (quiet ~ noisy - 0.2).
-    # In turns: for one batch of 64 texts, about an eighth of it.
-    assert quiet_seconds < noisy_seconds / 3, (quiet_seconds, noisy_seconds)
+    order = ["quiet" if batch == ["hello"] else "noisy" for batch in encoded[before:]]
+    assert order.count("noisy") == 8 and order.count("quiet") == 1, order
+    # First come, first served: the query's text was embedded after the whole batch (last).
+    # In turns: after the batch of 64 in progress when it came, the noisy batch's others
+    # after it.
+    assert order[-1] == "noisy", order
 
 
 @pytest.mark.parametrize("adapter", ["edge", "server"])
