@@ -69,11 +69,15 @@ async def test_collections_create_config_list_delete(client: AsyncGensearch) -> 
     assert isinstance(config.create_time, datetime) and config.create_time.tzinfo
     assert name in [c.name for c in await client.collections.list(page_size=1)]
     assert await client.collections.exists(name)
-    await client.collections.delete(name)
+    # The delete names which collection of the name it removed: the one config() read.
+    assert await client.collections.delete(name) == config.create_time
     assert not await client.collections.exists(name)
     with pytest.raises(errors.NotFoundError) as caught:
         await books.config()
     assert caught.value.code == grpc.StatusCode.NOT_FOUND and caught.value.domain == "gensearch"
+    with pytest.raises(errors.NotFoundError) as caught:
+        await client.collections.delete(name)
+    assert caught.value.field == "name"
 
 
 async def test_import_reports_each_rejected_object(client: AsyncGensearch) -> None:

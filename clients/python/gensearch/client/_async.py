@@ -31,7 +31,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -299,10 +299,17 @@ class Collections:
             return False
         return True
 
-    async def delete(self, name: str, *, timeout: Timeout = DEFAULT) -> None:
-        await self._t.unary(
+    async def delete(self, name: str, *, timeout: Timeout = DEFAULT) -> datetime | None:
+        """Delete the collection and every object in it. Returns the removed collection's
+        ``create_time`` (as ``config()`` gave it), so a caller can tell whether it removed
+        the collection it read or one made again under the name since; ``None`` from a
+        retrieval service older than the field. An unknown name raises ``NotFoundError``."""
+        reply = await self._t.unary(
             self._t.retrieval.DeleteCollection, rpb.DeleteCollectionRequest(name=name), timeout
         )
+        if not reply.HasField("create_time"):
+            return None
+        return reply.create_time.ToDatetime(tzinfo=UTC)
 
 
 class AsyncCollection:
