@@ -13,4 +13,8 @@ from tests.gateway.conftest import (  # noqa: F401 (the fixtures)
     stack_embedder,
     stack_factory,
 )
+from tests.retrieval.conftest import (  # noqa: F401 (the fixtures)
+    local_embedder,
+    make_retrieval,
+)
 from tests.support.gateway_process import gateway_process  # noqa: F401 (the fixture)

@@ -14,6 +14,7 @@ from gensearch.client import AsyncGensearch, errors
 from services.devlaunch.redis_server import RedisProcess
 from services.memory.__main__ import build_server
 from services.memory.settings import MemorySettings
+from tests.retrieval.conftest import MakeRetrieval
 from tests.support.redis_patience import PATIENT_REDIS
 
 
@@ -63,3 +64,22 @@ async def test_the_key_decides_who_you_are(memory_address: str) -> None:
     async with AsyncGensearch(memory_address, api_key="") as nobody:
         with pytest.raises(errors.MissingCredentialsError):
             await nobody.conversations.list()
+
+
+async def test_a_role_too_low_raises_role_required(make_retrieval: MakeRetrieval) -> None:
+    """docs/python-client.md#errors: a call the key's role may not make raises
+    ``RoleRequiredError``, also a ``PermissionDeniedError``, saying the role it needs."""
+    retrieval = await make_retrieval(api_keys="rita@acme/reader:kr,ann@acme/admin:ka")
+    address = f"127.0.0.1:{retrieval.server.port}"
+    async with AsyncGensearch(address, api_key="ka") as admin:
+        books = await admin.collections.create("RoleBooks", {"title": "text"})
+        await books.data.insert({"title": "Dune"})
+    async with AsyncGensearch(address, api_key="kr") as reader:
+        assert await reader.collections.get("RoleBooks").count() == 1  # a read: allowed
+        with pytest.raises(errors.RoleRequiredError) as caught:
+            await reader.collections.delete("RoleBooks")
+        assert isinstance(caught.value, errors.PermissionDeniedError)
+        assert caught.value.metadata == {"required_role": "admin", "role": "reader"}
+        with pytest.raises(errors.RoleRequiredError) as caught:
+            await reader.collections.get("RoleBooks").data.insert({"title": "Emma"})
+        assert caught.value.metadata["required_role"] == "writer"
