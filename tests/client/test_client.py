@@ -393,6 +393,9 @@ def test_the_blocking_client(running_stack: RunningStack) -> None:
         assert chat.conversation_id and "Collection" in repr(books)
         with pytest.raises(errors.NotFoundError):
             client.collections.get("Missing").config()
+        # The blocking delete gives what the async one does: the removed one's create_time.
+        created = books.config().create_time
+        assert isinstance(created, datetime) and client.collections.delete(name) == created
 
 
 def test_every_reason_the_services_emit_has_its_class() -> None:
