@@ -402,15 +402,23 @@ class Catalog:
             )
 
     async def delete(self, tenant: str, name: str) -> Schema:
-        """Deletes the collection; the schema it had."""
+        """Deletes the collection; the schema it had, as the engine held it when deleted."""
         # Only a collection this tenant made through us: the engine may hold others (another
         # application's on a shared Qdrant server) under a name ours could map to.
-        schema = await self.get(tenant, name, "name")
+        cached = await self.get(tenant, name, "name")
         async with self._lock:
             self._schemas.pop((tenant, name), None)
-            if not await self._store.delete_collection(schema.store_name):
+            # The engine's schema, not this replica's cached one: the engine's name comes
+            # from (tenant, name) alone, so on a stale replica (another one deleted and
+            # created the collection again) the delete removes the new collection, and the
+            # caller (which fences by create_time) and the answer-cache drop need the new
+            # one's schema. Read under the lock, so no delete of ours passes in between.
+            stored = _stored_collection(await self._store.schema(cached.store_name))
+            if stored is None or (stored.tenant, stored.name) != (tenant, name):
                 raise not_found(name, "name")
-        return schema
+            if not await self._store.delete_collection(cached.store_name):
+                raise not_found(name, "name")
+        return stored
 
     async def page(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Schema], str]:
         if page_size < 0:

@@ -565,3 +565,33 @@ async def test_a_replica_whose_cache_is_stale_stores_for_the_collection_made_aga
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "'Docs'" in (caught.value.details() or "")
     assert error_info(caught.value).metadata["field"] == "collection"
+
+
+async def test_a_delete_through_a_stale_replica_answers_for_the_collection_it_removed(
+    make_retrieval: MakeRetrieval,
+) -> None:
+    """Two replicas on one engine; the collection deleted and made again through one, the
+    other still caching the old one. The engine's name comes from (tenant, name), so a
+    delete through the stale replica removes the new collection: it must answer the new
+    one's create_time (the gateway fences its late stores with it; the cached old one's
+    fenced the wrong collection) and drop the new one's hidden answer cache (the old one's,
+    already gone, was dropped, and the new one's stayed in the engine for good)."""
+    first = await start(make_retrieval, "server")
+    second = await make_retrieval("server", store=first.store, internal_token=SecretStr(TOKEN))
+    get = pb.GetCollectionRequest(name="Docs")
+    old = (await second.stub.GetCollection(get, metadata=ACME)).collection  # cached there
+    await first.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
+    await first.stub.CreateCollection(
+        pb.CreateCollectionRequest(collection=vector_collection("Docs")), metadata=ACME
+    )
+    new = (await first.stub.GetCollection(get, metadata=ACME)).collection
+    assert new.create_time != old.create_time
+    before = await first.store.schemas()  # both tenants' collections
+    await first.stub.StoreCachedAnswer(store(Q), metadata=ACME)  # makes the hidden cache
+    assert len(await first.store.schemas()) == len(before) + 1
+    deleted = await second.stub.DeleteCollection(
+        pb.DeleteCollectionRequest(name="Docs"), metadata=ACME
+    )
+    assert deleted.create_time == new.create_time
+    # The collection and its hidden cache are gone; Globex's collection stays.
+    assert len(await first.store.schemas()) == len(before) - 1
