@@ -13,10 +13,10 @@ from typing import Any
 
 
 def unknown_enum_value(descriptor: Any, data: Any, path: str = "") -> str | None:
-    """The path and value of the first enum name in ``data`` (a message's JSON form,
+    """The path and value of the first enum value in ``data`` (a message's JSON form,
     proto field names or JSON names) that ``descriptor``'s enums do not have; None if
-    every one is known. Numbers are left to protobuf (an open enum keeps them), a number
-    written as a string ("2") too: ParseDict reads it as that number.
+    every one is known. A name, a number, or a number written as a string ("2": ParseDict
+    reads it as that number): an open enum would keep an unknown number, not refuse it.
     ``descriptor``: a message's Descriptor (typed Any: protobuf's Python one or upb's)."""
     if not isinstance(data, dict):
         return None  # a well-known type's JSON form (a time, a duration), or not ours
@@ -36,7 +36,7 @@ def unknown_enum_value(descriptor: Any, data: Any, path: str = "") -> str | None
         for index, value in items:
             at = where if index is None else f"{where}[{index!r}]"
             if field.enum_type is not None:
-                if _unknown_name(field.enum_type, value):
+                if _unknown_value(field.enum_type, value):
                     return f"{at}: {value!r}"
             elif field.message_type is not None and not _well_known(field.message_type):
                 found = unknown_enum_value(field.message_type, value, f"{at}.")
@@ -45,16 +45,22 @@ def unknown_enum_value(descriptor: Any, data: Any, path: str = "") -> str | None
     return None
 
 
-def _unknown_name(enum_type: Any, value: Any) -> bool:
-    """Whether ``value`` is a name ``enum_type`` does not have. A string ``int()`` reads is
-    a number to ParseDict (it tries the name, then ``int(value)``), not a name."""
+def _unknown_value(enum_type: Any, value: Any) -> bool:
+    """Whether ``value`` is no value of ``enum_type``: a name it does not have, or a number
+    (raw, or a string ``int()`` reads: ParseDict tries the name, then ``int(value)``) that
+    is none of its values. An open enum keeps an unknown number, so left to protobuf such a
+    collection would load with a value this version cannot handle."""
+    if isinstance(value, bool):
+        return False  # not a name nor a number: ParseDict refuses it itself
+    if isinstance(value, int):
+        return value not in enum_type.values_by_number
     if not isinstance(value, str) or value in enum_type.values_by_name:
         return False
     try:
-        int(value)
+        number = int(value)
     except ValueError:
         return True
-    return False
+    return number not in enum_type.values_by_number
 
 
 def _well_known(descriptor: Any) -> bool:

@@ -38,7 +38,7 @@ async def test_a_schema_from_another_version(
     make_retrieval: MakeRetrieval, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = await make_retrieval()
-    for name in ("Newer", "Numbered", "Unknowable"):
+    for name in ("Newer", "Numbered", "Unknowable", "UnknownNumber", "UnknownRaw"):
         await first.stub.CreateCollection(
             pb.CreateCollectionRequest(collection=vector_collection(name))
         )
@@ -54,6 +54,12 @@ async def test_a_schema_from_another_version(
     _edit(_schema_file(data_dir, "Unknowable"), {}, title_type="DATA_TYPE_GEO_POINT")
     # An enum as its number in a string: ParseDict reads it as that number, a known value.
     _edit(_schema_file(data_dir, "Numbered"), {}, title_type=str(pb.DATA_TYPE_TEXT))
+    # A number no value has, in a string or raw: an open enum would keep it (the collection
+    # served with a type this version cannot handle), so it is left out as a name is.
+    _edit(_schema_file(data_dir, "UnknownNumber"), {}, title_type="999")
+    data = json.loads(_schema_file(data_dir, "UnknownRaw").read_text(encoding="utf-8"))
+    data["properties"][0]["data_type"] = 999
+    _schema_file(data_dir, "UnknownRaw").write_text(json.dumps(data), encoding="utf-8")
 
     caplog.set_level(logging.INFO)
     again = await make_retrieval()
@@ -69,9 +75,10 @@ async def test_a_schema_from_another_version(
     # Kept for the version that wrote it (this one never rewrites a schema file).
     assert json.loads(newer.read_text(encoding="utf-8"))["retention"] == {"days": 30}
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await again.stub.GetCollection(pb.GetCollectionRequest(name="Unknowable"))
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    for left_out in ("Unknowable", "UnknownNumber", "UnknownRaw"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await again.stub.GetCollection(pb.GetCollectionRequest(name=left_out))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, left_out
     numbered = await again.stub.GetCollection(pb.GetCollectionRequest(name="Numbered"))
     assert numbered.collection.properties[0].data_type == pb.DATA_TYPE_TEXT
     listed = await again.stub.ListCollections(pb.ListCollectionsRequest())
@@ -93,10 +100,14 @@ async def test_a_schema_from_another_version(
         for r in caplog.records
         if r.name == "gensearch.retrieval.catalog" and r.levelno >= logging.WARNING
     ]
-    assert len(warned) == 1, [r.getMessage() for r in warned]  # one line, not one a reload
-    assert all(r.exc_info is None for r in warned)  # one line, no traceback
-    assert "'Unknowable'" in warned[0].getMessage()
-    assert "DATA_TYPE_GEO_POINT" in warned[0].getMessage()
+    # One line a collection left out, not one a reload, no traceback.
+    assert len(warned) == 3, [r.getMessage() for r in warned]
+    assert all(r.exc_info is None for r in warned)
+    # The collection's name is the first quoted word: "ignoring collection 'Books' of ...".
+    said = {r.getMessage().split("'")[1]: r.getMessage() for r in warned}
+    assert "DATA_TYPE_GEO_POINT" in said["Unknowable"]
+    assert "'999'" in said["UnknownNumber"]
+    assert ": 999" in said["UnknownRaw"]
 
 
 async def test_every_value_a_caller_can_store_reads_back_after_a_restart(
