@@ -236,8 +236,17 @@ class Catalog:
         another replica sharing the engine may have deleted and created the collection
         again, and this replica's cache, reloaded only on a missing name, would otherwise
         refuse every caller of the new collection until something else reloaded it."""
-        if schema.collection.create_time == create_time:
+        cached = schema.collection.create_time
+        if cached == create_time:
             return schema
+        # Older than the cached one: a collection deleted before this replica's was made
+        # (a late store after a delete and create again here, the usual case), gone
+        # without asking the engine, whose read waits for the lock. Only a newer one can
+        # mean this replica is stale.
+        if create_time.ToNanoseconds() < cached.ToNanoseconds():
+            raise _collection_gone(
+                schema.name, "the collection this answer was built from was deleted"
+            )
         current = await self.current(schema)
         if current is None or not _is_collection_of(current, schema, create_time):
             raise _collection_gone(
@@ -248,7 +257,8 @@ class Catalog:
     async def current(self, schema: Schema) -> Schema | None:
         """The collection the engine holds now under ``schema``'s (tenant, name), read from
         the engine, and this replica's cache set to it; None, and ``schema`` forgotten
-        here, when the engine holds none there (or one whose schema does not parse)."""
+        here, when the engine holds none there (or one whose schema does not parse).
+        Takes ``_lock``: never call it with the lock held (asyncio.Lock is not reentrant)."""
         key = (schema.tenant, schema.name)
         # Under the lock, as a load: a delete of this replica (it holds the lock while the
         # engine drops the collection) must not be undone by a read from before it.

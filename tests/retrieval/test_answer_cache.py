@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -595,3 +596,38 @@ async def test_a_delete_through_a_stale_replica_answers_for_the_collection_it_re
     assert deleted.create_time == new.create_time
     # The collection and its hidden cache are gone; Globex's collection stays.
     assert len(await first.store.schemas()) == len(before) - 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_store_for_an_older_collection_is_refused_without_asking_the_engine(
+    make_retrieval: MakeRetrieval, monkeypatch: pytest.MonkeyPatch, adapter: str
+) -> None:
+    """A late store naming a create_time older than this replica's cached collection (one
+    deleted before it was made: the usual case after a delete and create again here) is
+    NOT_FOUND with no read of the engine's schema (a read that waits for the catalog's
+    lock); only a newer one, which could mean this replica is stale, asks the engine."""
+    r = await start(make_retrieval, adapter)
+    got = (
+        await r.stub.GetCollection(pb.GetCollectionRequest(name="Docs"), metadata=ACME)
+    ).collection
+    reads: list[str] = []
+    real = r.store.schema
+
+    async def counted(name: str) -> dict[str, Any] | None:
+        reads.append(name)
+        return await real(name)
+
+    monkeypatch.setattr(r.store, "schema", counted)
+    older = store(Q, b"old")
+    older.collection_create_time.FromNanoseconds(got.create_time.ToNanoseconds() - 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(older, metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    assert reads == []
+    newer = store(Q, b"new")
+    newer.collection_create_time.FromNanoseconds(got.create_time.ToNanoseconds() + 1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(newer, metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reads  # the engine was asked
