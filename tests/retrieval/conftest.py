@@ -247,3 +247,26 @@ def hold_embedding(
 
     monkeypatch.setattr(embedder, "embed", held)
     return entered, release
+
+
+async def store_racing_delete(
+    r: Retrieval,
+    request: pb.StoreCachedAnswerRequest,
+    metadata: Iterable[tuple[str, str]],
+    entered: asyncio.Event,
+    release: asyncio.Event,
+) -> grpc.aio.AioRpcError:
+    """Starts ``request``'s store, waits until it is held (``entered``: a hold such as
+    ``hold_embedding``'s, after it read its collection), deletes that collection, then lets
+    it go on; the store's error, asserted NOT_FOUND naming ``collection``."""
+    late = asyncio.ensure_future(r.stub.StoreCachedAnswer(request, metadata=metadata))
+    await entered.wait()
+    await r.stub.DeleteCollection(
+        pb.DeleteCollectionRequest(name=request.collection), metadata=metadata
+    )
+    release.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await late
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    return caught.value

@@ -5,7 +5,6 @@ tenant's are never touched; the accounting is read back from the engine after a 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 import uuid
@@ -26,7 +25,13 @@ from services.retrieval.catalog import is_collection_schema
 from services.retrieval.embedders import LocalEmbedder
 from services.retrieval.schema import Schema
 from services.retrieval.store import PROPS, FoundPoint, StoredPoint, VectorStore
-from tests.retrieval.conftest import MakeRetrieval, Retrieval, hold_embedding, vector_collection
+from tests.retrieval.conftest import (
+    MakeRetrieval,
+    Retrieval,
+    hold_embedding,
+    store_racing_delete,
+    vector_collection,
+)
 from tests.retrieval.test_answer_cache import ACME, GLOBEX, TOKEN, lookup, store
 from tests.support.rpc import error_info
 
@@ -381,12 +386,5 @@ async def test_a_store_into_a_deleted_collection_evicts_nothing(
     for n in range(3):  # the budget's whole room
         await r.stub.StoreCachedAnswer(put(n, 60, "Notes"), metadata=ACME)
     entered, release = hold_embedding(monkeypatch, local_embedder)
-    late = asyncio.ensure_future(r.stub.StoreCachedAnswer(put(3, 600), metadata=ACME))
-    await entered.wait()
-    await r.stub.DeleteCollection(pb.DeleteCollectionRequest(name="Docs"), metadata=ACME)
-    release.set()
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await late
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    assert error_info(caught.value).metadata["field"] == "collection"
+    await store_racing_delete(r, put(3, 600), ACME, entered, release)
     assert sorted(await held(r, "acme")) == [question(n) for n in range(3)]
