@@ -5,7 +5,6 @@ as the generation service gives them. The charging itself is in test_llm_call_ch
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,6 +17,7 @@ from services.generation.settings import ANYSCALE_MODELS
 from tests.gateway.conftest import ALICE, AS_ALICE, KEYS, OWN_CONNECTIONS, Stack, StackFactory
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.rpc import error_info, failure_of
+from tests.support.waiting import until
 
 GENERATION_SERVICE = "gensearch.generation.v1.GenerationService"
 CAROL = (("authorization", "Bearer key-carol-789"),)  # a reader of the tenant acme
@@ -149,12 +149,14 @@ async def test_the_callers_deadline_and_an_outage_come_through(stack: Stack) -> 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await both.gateway.Generate(_hello(), metadata=ALICE, timeout=1)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
     # The deadline cut the LLM call too: the fake saw its client hang up before the 5 s
     # answer, where a call the deadline did not reach would have been answered.
-    for _ in range(3000):  # the fake's request ends either way within its 5 s
-        if stack.fake.chat_requests and stack.fake.chat_requests[0].finished_at is not None:
-            break
-        await asyncio.sleep(0.01)
+    async def ended() -> bool:  # the fake's request ends either way within its 5 s
+        requests = stack.fake.chat_requests
+        return bool(requests) and requests[0].finished_at is not None
+
+    await until(ended, "saw the LLM request end")
     [request] = stack.fake.chat_requests
     assert request.client_disconnected and request.finished_at is not None
     await stack.stop_service("generation")

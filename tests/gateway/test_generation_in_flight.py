@@ -215,13 +215,11 @@ async def test_a_call_that_gets_no_slot_within_its_deadline_fails_resource_exhau
     fake.latency = 6.0
     stack = await stack_factory(generation_max_in_flight=2, max_hits=1)
     timeout = duration_pb2.Duration(seconds=3)
-    ended: list[str] = []
 
     async def call(n: int) -> gw_pb.GenerationResult:
         request = _objects(1, f"d{n}-", timeout=timeout)
         response = await stack.stub.GenerateOnObjects(request, metadata=ALICE)
         generation: gw_pb.GenerationResult = response.hits[0].generation
-        ended.append(generation.error.reason)
         return generation
 
     results = await asyncio.gather(*(call(n) for n in range(4)))
@@ -233,18 +231,16 @@ async def test_a_call_that_gets_no_slot_within_its_deadline_fails_resource_exhau
         ("RESOURCE_EXHAUSTED", "GENERATION_IN_FLIGHT_WAIT"),
         ("RESOURCE_EXHAUSTED", "GENERATION_IN_FLIGHT_WAIT"),
     ]
-    # They gave up while the running calls still held the slots, when their deadline left
-    # too little for a call: waiting all of it (the running calls' deadline too) ended
-    # them with or after the running calls, or gave them a freed slot too late to answer.
-    assert ended[:2] == ["GENERATION_IN_FLIGHT_WAIT"] * 2, ended
     for g in results:
         if g.error.reason == "GENERATION_IN_FLIGHT_WAIT":
             assert "GENSEARCH_GATEWAY_GENERATION_MAX_IN_FLIGHT" in g.error.message
             assert g.attempts == 0 and g.upstream_calls == 0
             # It waited (3 s + 0.25 s of margin - MIN_CALL_SECONDS: ~2.75 s) rather than
             # failing at once: more than half its deadline, a bound far from a loaded
-            # machine's delays before the wait (which shorten it). Not all of it: the
-            # order above shows that without a clock.
+            # machine's delays before the wait (which shorten it). That they never got a
+            # slot is shown by the outcomes (no attempt, no upstream call, two LLM
+            # requests in all), not by the order the calls ended in: that rested on a
+            # 0.25-0.5 s margin.
             waited = g.wait_time.ToNanoseconds() / 1e9
             assert waited > timeout.seconds / 2, waited
     # Only the two that ran reached the LLM: the others' objects were never sent.
