@@ -81,6 +81,28 @@ class Stack:
 StackFactory = Callable[..., Awaitable[Stack]]
 
 
+# Callers of two tenants (acme: an admin and a reader; globex: an admin), for the
+# generation-cache tests that share the session's Redis (``cached``).
+CACHE_KEYS = (
+    "alice@acme/admin:key-alice-acme,rita@acme/reader:key-rita-acme,bob@globex/admin:key-bob-globex"
+)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of the test's own: stacks share the session's Redis."""
+    return f"gc-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
+    """A stack whose gateway keeps its quotas and generation cache under ``prefix`` in the
+    session's Redis, with CACHE_KEYS' callers."""
+    return await stack_factory(
+        shared={"api_keys": CACHE_KEYS}, redis_url=shared_redis.url, quota_key_prefix=prefix
+    )
+
+
 def fake_provider(fake: FakeOpenAI, **fields: Any) -> dict[str, Any]:
     return {
         "name": "fake",

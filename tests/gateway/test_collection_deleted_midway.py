@@ -7,7 +7,6 @@ to its successor."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,22 +18,17 @@ from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.generation_cache import LONGEST_SEARCH_SECONDS, Scope
-from tests.gateway.conftest import Stack, StackFactory, create_books, retrieval_calls, vector
-from tests.gateway.test_generation_cache import ALICE, KEYS, USE, cache_keys, search
+from tests.gateway.conftest import (
+    CACHE_KEYS,
+    Stack,
+    StackFactory,
+    create_books,
+    retrieval_calls,
+    vector,
+)
+from tests.gateway.test_generation_cache import ALICE, USE, cache_keys, search
 from tests.support.rpc import error_info
 from tests.support.waiting import until
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"gc-{uuid.uuid4().hex[:10]}"  # stacks share the session's Redis
-
-
-@pytest.fixture
-async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
-    return await stack_factory(
-        shared={"api_keys": KEYS}, redis_url=shared_redis.url, quota_key_prefix=prefix
-    )
 
 
 async def _delete(stack: Stack) -> None:
@@ -160,7 +154,7 @@ async def test_the_delete_fences_the_collection_it_removed_with_no_read_before(
     longest a search runs, not CACHE_MAX_TTL (7 days: a collection restored from a backup,
     same creation time, had its stores refused that long)."""
     stack = await stack_factory(
-        shared={"api_keys": f"{KEYS},rita@acme/reader:key-rita-acme"},
+        shared={"api_keys": CACHE_KEYS},
         redis_url=shared_redis.url,
         quota_key_prefix=prefix,
     )

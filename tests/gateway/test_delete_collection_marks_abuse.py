@@ -7,8 +7,6 @@ only its own; flooding deletes of names that do not exist leaves Redis without m
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 import pytest
 from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
@@ -16,28 +14,13 @@ from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
 from services.gateway.generation_cache import GenerationCache
-from tests.gateway.conftest import Stack, StackFactory, create_books
+from tests.gateway.conftest import Stack, create_books
 from tests.gateway.test_generation_cache import USE, cache_keys, search
 from tests.support.rpc import error_info
 
-KEYS = (
-    "alice@acme/admin:key-alice-acme,rita@acme/reader:key-rita-acme,bob@globex/admin:key-bob-globex"
-)
 ALICE = (("authorization", "Bearer key-alice-acme"),)
 RITA = (("authorization", "Bearer key-rita-acme"),)
 BOB = (("authorization", "Bearer key-bob-globex"),)
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"gm-{uuid.uuid4().hex[:10]}"  # stacks share the session's Redis
-
-
-@pytest.fixture
-async def cached(stack_factory: StackFactory, shared_redis: RedisProcess, prefix: str) -> Stack:
-    return await stack_factory(
-        shared={"api_keys": KEYS}, redis_url=shared_redis.url, quota_key_prefix=prefix
-    )
 
 
 async def _marks(redis: RedisProcess, prefix: str) -> list[bytes]:
