@@ -63,6 +63,8 @@ class WorkQueue(Generic[J]):
         self._workers: list[asyncio.Task[None]] = []
         self._drain_timeout = drain_timeout
         self.closed = False
+        # The drain has ended: no worker runs any more, so a job queued now never would.
+        self.stopped = False
 
     def submit(self, tenant: str, job: J) -> bool:
         """Queues ``job`` of ``tenant``; False (the job will not run) when the queue is
@@ -75,8 +77,10 @@ class WorkQueue(Generic[J]):
         """Queues ``job`` of ``tenant`` also once the gateway is stopping: for a job held
         back while another ran, called by that running job (its runner, before the job
         ends). A stopping queue still runs it: the running job is not done yet, so
-        ``drain``'s wait for the queue to empty waits for this one too. False when the
-        queue is full or the tenant holds its share of it, as ``submit``."""
+        ``drain``'s wait for the queue to empty waits for this one too. Not once the
+        drain's timeout has cut the running jobs (the runner's job is then being
+        cancelled, see ``stopped``): no worker would run it. False when the queue is full
+        or the tenant holds its share of it, as ``submit``."""
         return self._put(tenant, job)
 
     def _put(self, tenant: str, job: J) -> bool:
@@ -113,6 +117,7 @@ class WorkQueue(Generic[J]):
             await asyncio.wait_for(self._ready.join(), self._drain_timeout)
         for worker in self._workers:
             await cancel_and_wait(worker)
+        self.stopped = True
 
     def _next(self) -> tuple[J, contextvars.Context]:
         """The first waiting job of the tenant whose turn it is."""

@@ -219,13 +219,26 @@ class Summarizer:
         finally:
             self._running.discard(key)
             again = self._again.pop(key, None)
-            if again is not None:
+            if again is not None and self._cut_by_the_drain():
+                # The drain's timeout cancelled this fold (or the drain is over): its
+                # workers are stopping, and a job queued now would wait forever, counted
+                # neither folded nor dropped, SUMMARY_QUEUE never back to 0.
+                SUMMARY_FOLDS.labels("dropped").inc()
+                log.warning("summary fold dropped: the gateway stopped before it could run")
+            elif again is not None:
                 # In its own call's context, as if submitted now; queued also when the
                 # gateway began stopping meanwhile: the drain runs it (this job is not
                 # done yet, so the drain waits for it), as it would have had it been
                 # queued at once.
                 again[1].run(self._queue, key, again[0], self._jobs.requeue)
             SUMMARY_QUEUE.set(self._jobs.waiting())
+
+    def _cut_by_the_drain(self) -> bool:
+        """Whether the running fold ends because the drain gave up on it: its task is
+        being cancelled (only the drain's timeout cancels a worker's job), or the drain is
+        over already."""
+        task = asyncio.current_task()
+        return self._jobs.stopped or (task is not None and task.cancelling() > 0)
 
     async def fold(self, job: FoldJob) -> None:
         """Folds the job's pending turns, in batches that fit the model, oldest first."""

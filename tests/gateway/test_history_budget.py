@@ -739,6 +739,34 @@ async def test_a_fold_held_back_when_the_gateway_begins_to_stop_is_run_by_the_dr
     assert set(_labels(summary.text)) == set(range(11))
 
 
+async def test_a_fold_held_back_when_the_drain_gives_up_is_counted_dropped(
+    stack_factory: StackFactory,
+) -> None:
+    """A fold held back while its conversation's fold runs, and the drain's timeout ends
+    before that fold does: the drain cancels the running fold, and the held-back one is
+    counted dropped, not queued. Before, the cancelled fold's end queued it onto a queue
+    no worker runs any more: counted neither dropped nor folded, SUMMARY_QUEUE left at 1."""
+    stack = await _stack(stack_factory)
+    cid = await _conversation(stack)
+    await _fill(stack, cid, 12)
+    replica = _replica(stack, summary_drain_timeout=0.2)  # the held fold outlasts it
+    first = asyncio.Event()
+    stack.fake.enqueue(Behaviour.held(first))  # the first fold's model call, never let go
+    dropped, folded = _folds("dropped"), _folds("folded")
+    try:
+        assert replica.summarizer.submit(_alice_fold(cid, 2))  # folds q0..q9
+        await _fold_calls(stack, 1)  # and holds its model call
+        assert replica.summarizer.submit(_alice_fold(cid, 1))  # q10 too: held back
+        await replica.summarizer.drain()  # gives up on the held fold, cancels it
+    finally:
+        first.set()
+        await replica.clients.close()
+    assert (_folds("dropped") - dropped, _folds("folded") - folded) == (1, 0)
+    assert REGISTRY.get_sample_value("gensearch_gateway_summary_queue") == 0
+    # Nothing was folded: the summary is where it was.
+    assert (await _get(stack, cid)).summary.folds == 0
+
+
 async def test_five_asks_at_once_on_one_conversation_store_each_turn_once_and_fold_each_once(
     stack_factory: StackFactory,
 ) -> None:
