@@ -200,12 +200,20 @@ _DROP_BATCH = 500
 _DROPPED = 2
 # A drop mark's value: only its presence is read.
 _MARK = b"1"
-# The longest a search's store can come after the search read its collection: its
-# generation phase is at most a day (generate.timeout's bound, DEFAULT_GENERATION_TIMEOUT's,
-# and the cap on a caller's deadline: generative_request.budget), plus an hour for the
-# search before it and the store's own write after its hit answered. A drop mark lives
-# that long (capped by CACHE_MAX_TTL: a later store's entry expires within it anyway).
-LONGEST_SEARCH_SECONDS = MAX_WAIT_SECONDS + 3600.0
+# The longest a GenerativeSearch's search phase (its collection, search and passages, up
+# to the generation phase) may take: the gateway cuts it there whatever the caller's
+# deadline, or none (generative.Generative.plan). Retrieval's own timeouts do not bound it
+# (GENSEARCH_RETRIEVAL_QDRANT_TIMEOUT alone may be a day, per Qdrant call).
+SEARCH_PHASE_SECONDS = 3600.0
+# The longest a search's store can come after the search read its collection: the rest
+# of its search phase (at most SEARCH_PHASE_SECONDS, enforced by the gateway), then its
+# generation phase (at most a day, MAX_WAIT_SECONDS: generate.timeout's bound,
+# DEFAULT_GENERATION_TIMEOUT's, and the cap on a budget derived from the caller's deadline:
+# generative_request.budget), then the store's own write after its hit answered (well
+# within the second hour's slack). A drop mark lives that long (capped by CACHE_MAX_TTL:
+# a later store's entry expires within it anyway). Both bounds are the gateway's own,
+# so the sum holds.
+LONGEST_SEARCH_SECONDS = MAX_WAIT_SECONDS + 2 * SEARCH_PHASE_SECONDS
 # What a key costs besides the value: the entry's name, its ledger member, its size field
 # and its collection index member.
 _KEY_COPIES = 4

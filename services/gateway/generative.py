@@ -217,12 +217,21 @@ class GenerativeSearch:
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
+        # The search phase (the collection, the search, the passages) ends by
+        # search_deadline, whatever the caller's deadline (or none): the generation
+        # cache's drop mark must outlive a search that read the collection before its
+        # delete (generation_cache.LONGEST_SEARCH_SECONDS). Retrieval's own timeouts may
+        # be as long as a day each, so they bound it no better than no deadline.
+        search_seconds = generation_cache.SEARCH_PHASE_SECONDS
+        if call_remaining is not None:
+            search_seconds = min(search_seconds, call_remaining)
+        search_deadline = loop.time() + search_seconds
         info, found, expand_budget = await self._search(
-            request, single, extra, caller, call_remaining
+            request, single, extra, caller, search_deadline
         )
         expansion: chunks.Expansion | None = None
         if expand_budget is not None:
-            remaining = None if call_deadline is None else call_deadline - loop.time()
+            remaining = time_left(search_deadline)
             expansion = await chunks.expand(
                 found.hits,
                 info,
@@ -253,16 +262,17 @@ class GenerativeSearch:
         single: Template | None,
         extra: list[str],
         caller: Caller,
-        call_remaining: float | None,
+        search_deadline: float,
     ) -> tuple[CollectionInfo, ret_pb.SearchResponse, int | None]:
         """The collection, the search (reranked: the request's block, else the collection's)
-        and, with ``expand_context``, the passages' token budget."""
+        and, with ``expand_context``, the passages' token budget; each call within what is
+        left before ``search_deadline`` (a loop time)."""
         catalog = self._b.catalog
         if request.HasField("expand_context"):
             # The collection first: its chunking shapes the search (the chunking properties
             # come back with the hits) and is checked before any search or LLM call.
             info: CollectionInfo | None = await catalog.get(
-                request.collection, caller, call_remaining
+                request.collection, caller, time_left(search_deadline)
             )
         else:
             # Read moments ago: known without a call (else read beside the search, below).
@@ -280,14 +290,16 @@ class GenerativeSearch:
             # The collection's default rerank is known, and the search alone is awaited
             # (no tasks to run two calls at once).
             rerank.apply(search, request, info)
-            found = await self._b.clients.retrieval.search(search, caller, call_remaining)
+            found = await self._b.clients.retrieval.search(
+                search, caller, time_left(search_deadline)
+            )
         else:
             # Concurrent with GetCollection, so the collection's default rerank is not
             # known here: retrieval applies it (it reads the collection for the search
             # anyway), in this one search.
             rerank.apply_or_default(search, request)
             info, found = await self._collection_and_search(
-                request, single, search, caller, call_remaining
+                request, single, search, caller, time_left(search_deadline)
             )
         return info, found, expand_budget
 

@@ -212,5 +212,6 @@ def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySett
     if value is None:
         return settings.default_generation_timeout
     # At most a day, as generate.timeout is, whatever the caller's deadline: the generation
-    # cache's drop mark lives the longest a search runs (LONGEST_SEARCH_SECONDS).
+    # cache's drop mark lives the longest a search runs (LONGEST_SEARCH_SECONDS: this cap
+    # plus the search phase's, SEARCH_PHASE_SECONDS, which generative.plan enforces).
     return min(value, MAX_WAIT_SECONDS)

@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from redis.asyncio import Redis
 
 from services.devlaunch.redis_server import RedisProcess
+from services.gateway import generation_cache
 from services.gateway.generation_cache import LONGEST_SEARCH_SECONDS, Scope
 from tests.gateway.conftest import (
     CACHE_KEYS,
@@ -186,3 +187,19 @@ async def test_the_delete_fences_the_collection_it_removed_with_no_read_before(
         await redis.aclose()
     assert 0 < life_ms <= LONGEST_SEARCH_SECONDS * 1000  # 7 days before
     await _gone(stack)
+
+
+async def test_a_search_phase_is_cut_where_the_drop_marks_reach_ends(
+    cached: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drop mark lives LONGEST_SEARCH_SECONDS, which counts the search phase at most
+    SEARCH_PHASE_SECONDS: the gateway must cut a search there even when the caller set
+    no deadline (retrieval's own timeouts may be a day each). With the cap at nothing,
+    a GenerativeSearch without a deadline fails DEADLINE_EXCEEDED before any LLM call.
+    Before, its retrieval calls had no deadline at all: the search ran on and answered."""
+    await create_books(cached, metadata=ALICE)
+    monkeypatch.setattr(generation_cache, "SEARCH_PHASE_SECONDS", 0.0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, caught.value
+    assert cached.fake.chat_requests == []
