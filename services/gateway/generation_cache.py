@@ -202,7 +202,8 @@ _DROPPED = 2
 _MARK = b"1"
 # The longest a GenerativeSearch's search phase (its collection, search and passages, up
 # to the generation phase) may take: the gateway cuts it there whatever the caller's
-# deadline, or none (generative.Generative.plan). Retrieval's own timeouts do not bound it
+# deadline, or none (generative_request.search_phase_deadline; GenerateOnObjects: the read of
+# its objects). Retrieval's own timeouts do not bound it
 # (GENSEARCH_RETRIEVAL_QDRANT_TIMEOUT alone may be a day, per Qdrant call).
 SEARCH_PHASE_SECONDS = 3600.0
 # The longest a search's store can come after the search read its collection: the rest

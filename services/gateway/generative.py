@@ -217,15 +217,8 @@ class GenerativeSearch:
             response = await retrieval.search(search, caller, call_remaining)
             return Plan(hits=list(response.hits))
 
-        # The search phase (the collection, the search, the passages) ends by
-        # search_deadline, whatever the caller's deadline (or none): the generation
-        # cache's drop mark must outlive a search that read the collection before its
-        # delete (generation_cache.LONGEST_SEARCH_SECONDS). Retrieval's own timeouts may
-        # be as long as a day each, so they bound it no better than no deadline.
-        search_seconds = generation_cache.SEARCH_PHASE_SECONDS
-        if call_remaining is not None:
-            search_seconds = min(search_seconds, call_remaining)
-        search_deadline = loop.time() + search_seconds
+        # The search phase ends within an hour, whatever the caller's deadline (or none).
+        search_deadline = generative_request.search_phase_deadline(call_remaining)
         info, found, expand_budget = await self._search(
             request, single, extra, caller, search_deadline
         )

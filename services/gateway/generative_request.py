@@ -199,6 +199,19 @@ def models_check_seconds(budget: float | None) -> float:
     return min(max(budget, 0.001), 2.0)
 
 
+def search_phase_deadline(call_remaining: float | None) -> float:
+    """The loop time by which the search phase (the collection, the search, the passages;
+    GenerateOnObjects' read of its objects) must end: SEARCH_PHASE_SECONDS from now, or
+    the caller's deadline if sooner. Whatever the caller's deadline, or none: the
+    generation cache's drop mark must outlive a search that read the collection before
+    its delete (generation_cache.LONGEST_SEARCH_SECONDS), and retrieval's own timeouts
+    (GENSEARCH_RETRIEVAL_QDRANT_TIMEOUT up to a day a call) bound it no better than none."""
+    seconds = generation_cache.SEARCH_PHASE_SECONDS
+    if call_remaining is not None:
+        seconds = min(seconds, call_remaining)
+    return asyncio.get_running_loop().time() + seconds
+
+
 def budget(g: gw_pb.Generate, call_deadline: float | None, settings: GatewaySettings) -> float:
     """Seconds the generation phase may take: the request's timeout, else the call's
     deadline less a margin, else the default."""

@@ -36,6 +36,7 @@ from services.gateway import generative_request, templates
 from services.gateway.backends import Backends
 from services.gateway.catalog import CollectionInfo
 from services.gateway.clients import Caller
+from services.gateway.deadline import time_left
 from services.gateway.errors import HitError
 from services.gateway.generative import (
     GenerativeSearch,
@@ -107,9 +108,12 @@ class NamedObjects:
         else:
             self._check_inline_objects(request.inline.objects)
 
+        # The read of the collection and its objects ends within an hour, whatever the
+        # caller's deadline (or none), as a GenerativeSearch's search phase does.
+        read_deadline = generative_request.search_phase_deadline(call_remaining)
         info: CollectionInfo | None = None
         if request.collection:
-            info = await self._b.catalog.get(request.collection, caller, call_remaining)
+            info = await self._b.catalog.get(request.collection, caller, time_left(read_deadline))
             check_templates(g, single, info)
             templates.check_known(
                 request.return_properties, info.properties, field="return_properties"
@@ -120,7 +124,9 @@ class NamedObjects:
         read: list[HitProperties] | None = None
         if kind == "ids":
             assert info is not None
-            hits = await self._fetch(request.collection, ids, caller, call_remaining, failed)
+            hits = await self._fetch(
+                request.collection, ids, caller, time_left(read_deadline), failed
+            )
         else:
             hits = [ret_pb.Hit(properties=obj) for obj in request.inline.objects]
             read = [HitProperties(obj) for obj in request.inline.objects]

@@ -28,6 +28,7 @@ from tests.gateway.conftest import (
     vector,
 )
 from tests.gateway.test_generation_cache import ALICE, USE, cache_keys, search
+from tests.support.relay import Relay, serving
 from tests.support.rpc import error_info
 from tests.support.waiting import until
 
@@ -203,3 +204,45 @@ async def test_a_search_phase_is_cut_where_the_drop_marks_reach_ends(
         await cached.stub.GenerativeSearch(search(USE), metadata=ALICE)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, caught.value
     assert cached.fake.chat_requests == []
+
+
+class _HeldObjects(Relay):
+    """Retrieval as it is, but BatchGetObjects' answer held until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def answer(self, method: str, answer: bytes) -> bytes:
+        if method.endswith("/BatchGetObjects"):
+            await self.release.wait()
+        return answer
+
+
+async def test_generate_on_objects_read_is_cut_where_the_drop_marks_reach_ends(
+    stack_factory: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GenerateOnObjects' read of a collection's objects is its search phase: cut at
+    SEARCH_PHASE_SECONDS (here 0.5 s) with no caller deadline, DEADLINE_EXCEEDED, while
+    retrieval holds the answer. Before, the read had no deadline: it waited as long as
+    retrieval did (here until the test's guard gave up)."""
+    held = _HeldObjects()
+    async with serving(held) as address:
+        stack = await stack_factory(shared={"api_keys": CACHE_KEYS}, retrieval_addr=address)
+        held.target = f"127.0.0.1:{stack.servers['retrieval'].port}"
+        try:
+            ids = await create_books(stack, metadata=ALICE)
+            monkeypatch.setattr(generation_cache, "SEARCH_PHASE_SECONDS", 0.5)
+            request = gw_pb.GenerateOnObjectsRequest(
+                collection="Books",
+                ids=gw_pb.ObjectIds(ids=ids[:1]),
+                generate=gw_pb.Generate(single_prompt="Title: {title}"),
+            )
+            call = stack.stub.GenerateOnObjects(request, metadata=ALICE)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                # A guard against a hang only (the old code's outcome), not a timing bound.
+                await asyncio.wait_for(call, 60)
+        finally:
+            held.release.set()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, caught.value
+    assert stack.fake.chat_requests == []
