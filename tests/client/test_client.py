@@ -22,6 +22,7 @@ from gensearch.client import (
     errors,
     types,
 )
+from gensearch.retrieval.v1 import retrieval_service_pb2 as ret_pb
 from gensearch.retrieval.v1 import retrieval_service_pb2_grpc as ret_grpc
 
 from services.common.errors import FailedPrecondition, NotFound, ServiceError
@@ -325,6 +326,39 @@ async def test_unavailable_gateway_is_unavailable_after_retries(
         with pytest.raises(errors.UnavailableError):
             await client.collections.list()
     assert servicer.attempts == {"ListCollections": 1}
+
+
+class _Deleting(ret_grpc.RetrievalServiceServicer):
+    """A retrieval that answers DeleteCollection with the creation time it was given."""
+
+    def __init__(self) -> None:
+        self.answer = ret_pb.DeleteCollectionResponse()
+
+    async def DeleteCollection(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.answer
+
+
+async def test_delete_returns_none_for_a_collection_without_a_creation_time() -> None:
+    """Retrieval sends the removed collection's create_time set but empty for a collection
+    from before creation times were kept (config() gives None for it): delete gives None
+    too, not 1970-01-01; unset (an older retrieval) is None; a real one comes back."""
+    servicer = _Deleting()
+    server = grpc.aio.server()
+    ret_grpc.add_RetrievalServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with AsyncGensearch(f"127.0.0.1:{port}", timeout=10) as client:
+            servicer.answer.create_time.SetInParent()  # set, empty
+            assert servicer.answer.HasField("create_time")
+            assert await client.collections.delete("Old") is None
+            servicer.answer = ret_pb.DeleteCollectionResponse()  # unset
+            assert await client.collections.delete("Old") is None
+            made = datetime(2026, 12, 6, 6, 30, tzinfo=UTC)
+            servicer.answer.create_time.FromDatetime(made)
+            assert await client.collections.delete("New") == made
+    finally:
+        await server.stop(0)
 
 
 async def test_unreachable_gateway_is_unavailable() -> None:

@@ -303,11 +303,15 @@ class Collections:
         """Delete the collection and every object in it. Returns the removed collection's
         ``create_time`` (as ``config()`` gave it), so a caller can tell whether it removed
         the collection it read or one made again under the name since; ``None`` from a
-        retrieval service older than the field. An unknown name raises ``NotFoundError``."""
+        retrieval service older than the field, or for a collection from before creation
+        times were kept. An unknown name raises ``NotFoundError``."""
         reply = await self._t.unary(
             self._t.retrieval.DeleteCollection, rpb.DeleteCollectionRequest(name=name), timeout
         )
-        if not reply.HasField("create_time"):
+        # Unset (an older retrieval), or set but empty: a collection from before creation
+        # times were kept, whose config() gives None too (retrieval still sends it, as the
+        # gateway fences such a collection's late cache stores by it).
+        if not reply.HasField("create_time") or reply.create_time.ToNanoseconds() == 0:
             return None
         return reply.create_time.ToDatetime(tzinfo=UTC)
 
