@@ -243,7 +243,9 @@ class Catalog:
         # (a late store after a delete and create again here, the usual case), gone
         # without asking the engine, whose read waits for the lock. Only a newer one can
         # mean this replica is stale.
-        if create_time.ToNanoseconds() < cached.ToNanoseconds():
+        # Compared as numbers, not ToNanoseconds(): the caller's may be any two integers
+        # (one past Timestamp's range raised ValueError there: INTERNAL).
+        if (create_time.seconds, create_time.nanos) < (cached.seconds, cached.nanos):
             raise _collection_gone(
                 schema.name, "the collection this answer was built from was deleted"
             )

@@ -527,6 +527,24 @@ async def test_a_store_naming_another_collections_creation_time_stores_nothing(
     assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=GLOBEX)).found
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("seconds", [-(2**63), 2**63 - 1, -1])
+async def test_a_store_with_a_creation_time_past_timestamps_range_is_not_found(
+    make_retrieval: MakeRetrieval, adapter: str, seconds: int
+) -> None:
+    """A ``collection_create_time`` of any two integers (past Timestamp's range too, as
+    the request fuzz sends) is NOT_FOUND naming ``collection``; it was INTERNAL when the
+    check compared the times with ToNanoseconds, which raises past the range."""
+    r = await start(make_retrieval, adapter)
+    wrong = store(Q, b"wrong")
+    wrong.collection_create_time.seconds = seconds
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await r.stub.StoreCachedAnswer(wrong, metadata=ACME)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(caught.value).metadata["field"] == "collection"
+    assert not (await r.stub.LookupCachedAnswer(lookup(), metadata=ACME)).found
+
+
 async def test_a_replica_whose_cache_is_stale_stores_for_the_collection_made_again(
     make_retrieval: MakeRetrieval,
 ) -> None:
